@@ -1,0 +1,1 @@
+"""Market-data ingest processes: `python -m ingest.ticker24h|orderbook|candles` (wiring only)."""

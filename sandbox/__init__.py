@@ -1,0 +1,1 @@
+"""Bitvavo-compatible sandbox exchange: a pure-Python engine (``sandbox.engine``) and its server."""

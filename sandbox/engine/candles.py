@@ -1,0 +1,118 @@
+"""OHLCV candles aggregated from trades, per interval, bounded in memory."""
+
+from __future__ import annotations
+
+from collections import deque
+from datetime import datetime, timezone
+from decimal import Decimal
+
+from .numbers import fmt
+
+MINUTE = 60_000
+HOUR = 60 * MINUTE
+DAY = 24 * HOUR
+WEEK = 7 * DAY
+_MONDAY_OFFSET = 4 * DAY  # 1970-01-05 was the first Monday after the epoch
+
+INTERVAL_MS: dict[str, int] = {
+    "1m": MINUTE, "5m": 5 * MINUTE, "15m": 15 * MINUTE, "30m": 30 * MINUTE, "1h": HOUR,
+    "2h": 2 * HOUR, "4h": 4 * HOUR, "6h": 6 * HOUR, "8h": 8 * HOUR, "12h": 12 * HOUR,
+    "1d": DAY, "1W": WEEK, "1M": 0,  # 1M is a calendar month
+}
+INTERVALS = tuple(INTERVAL_MS)
+
+
+def bucket_start(interval: str, ts: int) -> int:
+    if interval == "1M":
+        d = datetime.fromtimestamp(ts / 1000, tz=timezone.utc)
+        return int(datetime(d.year, d.month, 1, tzinfo=timezone.utc).timestamp() * 1000)
+    if interval == "1W":
+        return ts - ((ts - _MONDAY_OFFSET) % WEEK)
+    width = INTERVAL_MS[interval]
+    return ts - ts % width
+
+
+class CandleSeries:
+    """Candles of one interval: starts kept ascending (trades arrive in time order)."""
+
+    __slots__ = ("interval", "starts", "rows", "cap", "_month_end")
+
+    def __init__(self, interval: str, cap: int) -> None:
+        self.interval = interval
+        self.starts: deque[int] = deque()
+        self.rows: dict[int, list] = {}  # start -> [open, high, low, close, volume] (Decimals)
+        self.cap = cap
+        self._month_end = -1  # cache for 1M bucket lookup
+
+    def _start(self, ts: int) -> int:
+        if self.interval != "1M":
+            return bucket_start(self.interval, ts)
+        if self.starts and self.starts[-1] <= ts < self._month_end:
+            return self.starts[-1]
+        start = bucket_start("1M", ts)
+        d = datetime.fromtimestamp(start / 1000, tz=timezone.utc)
+        nxt = datetime(d.year + (d.month == 12), d.month % 12 + 1, 1, tzinfo=timezone.utc)
+        self._month_end = int(nxt.timestamp() * 1000)
+        return start
+
+    def add(self, ts: int, price: Decimal, amount: Decimal) -> list:
+        start = self._start(ts)
+        row = self.rows.get(start)
+        if row is None:
+            row = [price, price, price, price, amount]
+            self.rows[start] = row
+            self.starts.append(start)
+            if len(self.starts) > self.cap:
+                del self.rows[self.starts.popleft()]
+        else:
+            if price > row[1]:
+                row[1] = price
+            if price < row[2]:
+                row[2] = price
+            row[3] = price
+            row[4] += amount
+        return row
+
+    @staticmethod
+    def row_json(start: int, row: list) -> list:
+        return [start, fmt(row[0]), fmt(row[1]), fmt(row[2]), fmt(row[3]), fmt(row[4])]
+
+    def latest_json(self) -> list | None:
+        if not self.starts:
+            return None
+        start = self.starts[-1]
+        return self.row_json(start, self.rows[start])
+
+    def query(self, limit: int, start: int | None, end: int | None) -> list[list]:
+        """Newest first; start and end inclusive on the candle timestamp."""
+        out = []
+        for s in reversed(self.starts):
+            if end is not None and s > end:
+                continue
+            if start is not None and s < start:
+                break
+            out.append(self.row_json(s, self.rows[s]))
+            if len(out) >= limit:
+                break
+        return out
+
+
+class CandleSet:
+    def __init__(self, cap: int) -> None:
+        self.series = {iv: CandleSeries(iv, cap) for iv in INTERVALS}
+        self.dirty: set[str] = set()
+
+    def add(self, ts: int, price: Decimal, amount: Decimal) -> None:
+        for series in self.series.values():
+            series.add(ts, price, amount)
+        self.dirty.update(INTERVALS)
+
+    def take_dirty(self) -> list[tuple[str, list]]:
+        out = []
+        for iv in INTERVALS:
+            if iv in self.dirty:
+                row = self.series[iv].latest_json()
+                if row is not None:
+                    out.append((iv, row))
+        self.dirty.clear()
+        return out

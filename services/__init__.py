@@ -1,0 +1,1 @@
+"""One package per process; each is wiring on the shared kernel (`tradestack`)."""

@@ -1,0 +1,1 @@
+"""Executor process (DESIGN §1)."""

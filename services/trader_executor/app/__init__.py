@@ -1,0 +1,1 @@
+"""Executor (`python -m services.trader_executor.app`)."""

@@ -1,0 +1,1 @@
+"""PnL orchestrator process (DESIGN §1)."""

@@ -1,0 +1,1 @@
+"""PnL orchestrator (`python -m services.trader_pnl_orchestrator.app`)."""

@@ -1,0 +1,1 @@
+"""Signal engine (`python -m services.trader_signal_engine.app`)."""

@@ -1,0 +1,1 @@
+"""Universe selector process (DESIGN §1)."""

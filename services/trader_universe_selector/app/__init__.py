@@ -1,0 +1,1 @@
+"""Universe selector (`python -m services.trader_universe_selector.app`)."""

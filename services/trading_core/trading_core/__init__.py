@@ -1,0 +1,1 @@
+"""The trading core's implementation: guards, sizing, exits (filled in by the trading-core issue)."""

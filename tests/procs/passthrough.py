@@ -1,0 +1,43 @@
+"""A test service: the real runtime and consumer loop with a pass-through handler.
+
+Reads ``test:in``, writes each message again (new id derived from the input's) to ``test:out``.
+Env: ``HANG_ON`` = a message id on which the handler blocks forever (to be killed mid-message);
+``SLOW_MS`` = time the handler spends per message; ``CLAIM_IDLE_MS`` etc. as usual. While in
+the handler it records the message id in the key ``test:in_handler`` so tests can wait on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+
+from tradestack.bus import Delivery, Output
+from tradestack.config import CommonSettings
+from tradestack.messages import Message, TradingEvent, derive_id
+from tradestack.service import Service, run_service
+
+
+class Settings(CommonSettings):
+    hang_on: str = ""
+    slow_ms: int = 0
+
+
+def setup(service: Service) -> None:
+    settings: Settings = service.settings  # type: ignore[assignment]
+
+    async def handle(msg: Message, delivery: Delivery) -> list[Output]:
+        await service.redis.set("test:in_handler", msg.id)
+        if settings.hang_on and msg.id == settings.hang_on:
+            await asyncio.Event().wait()  # blocks until the process is killed
+        if settings.slow_ms:
+            await asyncio.sleep(settings.slow_ms / 1000)  # simulated work, not synchronisation
+        assert isinstance(msg, TradingEvent)
+        out = msg.model_copy(update={"id": derive_id(msg.id, "out"), "src": "passthrough"})
+        return [Output("test:out", out)]
+
+    service.consume(["test:in"], handle)
+
+
+if __name__ == "__main__":
+    sys.exit(run_service(os.environ.get("SERVICE_NAME", "passthrough"), Settings, "test_passthrough", setup))
