@@ -105,7 +105,7 @@ def test_spaced_json_body_and_empty_object_on_get_are_accepted(fake_clock) -> No
     async def scenario() -> None:
         async with sandbox(fake_clock) as (sb, c):
             now = fake_clock.now_ms()
-            body = {"market": "BTC-EUR", "side": "buy", "orderType": "limit", "amount": "0.001",
+            body = {"market": "BTC-EUR", "side": "buy", "orderType": "limit", "amount": "0.01",
                     "price": "1000", "operatorId": 1}
             headers = signed("POST", "/v2/order", body, ts=now)
             headers["Content-Type"] = "application/json"

@@ -15,7 +15,7 @@ from tradestack.clock import FakeClock
 
 
 def _order(client_order_id: str | None = None, market: str = "BTC-EUR") -> dict:
-    body = {"market": market, "side": "buy", "orderType": "limit", "amount": "0.001", "price": "1000",
+    body = {"market": market, "side": "buy", "orderType": "limit", "amount": "0.01", "price": "1000",
             "operatorId": 42}
     if client_order_id:
         body["clientOrderId"] = client_order_id
@@ -145,7 +145,7 @@ def test_ban_reject_halt_actions(fake_clock: FakeClock) -> None:
             await _admin(c, {"market_status": {"BTC-EUR": "halted"}})
             status, body, _ = await c.call("POST", "/order", _order())
             assert body["errorCode"] == 423
-            assert (await c.call("POST", "/order", _order(market="ETH-EUR") | {"price": "100"}))[0] == 200
+            assert (await c.call("POST", "/order", _order(market="ETH-EUR") | {"price": "100", "amount": "0.1"}))[0] == 200
             await _admin(c, {"market_status": {"BTC-EUR": "trading"}})
             assert (await c.call("POST", "/order", _order()))[0] == 200
 

@@ -130,7 +130,7 @@ def test_account_channel_gets_own_order_and_fill_events() -> None:
                 assert ev["orderId"] == order["orderId"]
                 # WS order placement, reply to the sender
                 await mine.send_json({"action": "privateCreateOrder", "market": "BTC-EUR", "side": "buy",
-                                      "orderType": "limit", "amount": "0.001", "price": "1000", "operatorId": 3})
+                                      "orderType": "limit", "amount": "0.01", "price": "1000", "operatorId": 3})
                 m = await _until(mine, lambda m: m.get("action") == "privateCreateOrder")
                 assert m["response"]["status"] == "new"
                 await other.send_json({"action": "getTime"})
