@@ -13,7 +13,7 @@ from tradestack.embedded_redis import EmbeddedRedis, free_port
 from tradestack.messages import decode, derive_id, encode
 
 IN, OUT = "test:in", "test:out"
-SCRIPT = ["tests/procs/passthrough.py"]
+SCRIPT = ["-m", "bench.passthrough"]
 
 
 def publish(client: redis.Redis, n: int, start: int = 0) -> list[str]:

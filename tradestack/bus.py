@@ -53,24 +53,30 @@ REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, BusyLoadingError, Connect
 DLQ_MAXLEN = 100_000
 
 # KEYS[1] = input stream, KEYS[2..] = output streams.
-# ARGV = group, consumer, dedupe_ttl_s, n_inputs, then per input:
+# ARGV = group, consumer, dedupe_ttl_s, n_inputs, first_id, last_id, pending_count, then per input:
 #   entry_id, dedupe_key ('' = none), n_outputs, then per output: key_index, maxlen, n_fields, f1, v1, ...
 # Returns a status per input: 1 written and acked, 2 duplicate (acked, outputs dropped),
 # 0 no longer pending for this consumer (claimed by another; left to it).
+# The ownership check and the ack are one call each per batch, not per entry.
 COMMIT_LUA = """
 local group, consumer, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local n = tonumber(ARGV[4])
-local i = 5
-local result = {}
+local owned = {}
+for _, row in ipairs(redis.call('XPENDING', KEYS[1], group, ARGV[5], ARGV[6], tonumber(ARGV[7]), consumer)) do
+  owned[row[1]] = true
+end
+local i = 8
+local result, acks = {}, {}
 for k = 1, n do
   local eid, dkey, nout = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
   i = i + 3
   local status = 0
-  if #redis.call('XPENDING', KEYS[1], group, eid, eid, 1, consumer) > 0 then
+  if owned[eid] then
     status = 1
     if dkey ~= '' and ttl > 0 then
       if not redis.call('SET', dkey, '1', 'NX', 'EX', ttl) then status = 2 end
     end
+    acks[#acks + 1] = eid
   end
   for o = 1, nout do
     local key, maxlen, nf = KEYS[tonumber(ARGV[i])], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
@@ -85,8 +91,10 @@ for k = 1, n do
     end
     i = i + 3 + 2 * nf
   end
-  if status > 0 then redis.call('XACK', KEYS[1], group, eid) end
   result[k] = status
+end
+for a = 1, #acks, 1000 do
+  redis.call('XACK', KEYS[1], group, unpack(acks, a, math.min(a + 999, #acks)))
 end
 return result
 """
@@ -110,6 +118,11 @@ class Delivery:
 
 
 Handler = Callable[[Message, Delivery], Iterable[Output] | Awaitable[Iterable[Output]]]
+
+
+def _id_key(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
 
 
 def consumer_name() -> str:
@@ -197,6 +210,16 @@ class ConsumerLoop:
         self._last_error: dict[str, str] = {}  # entry id → last transient error, for the DLQ record
         self._backoff = Backoff(0.1, 5.0)
         self._healthy: bool | None = None
+        self._children: dict[tuple[str, str, str], Any] = {}  # labels() is slow on the hot path
+
+    def _metric(self, name: str, stream: str, outcome: str = "") -> Any:
+        key = (name, stream, outcome)
+        child = self._children.get(key)
+        if child is None:
+            metric = getattr(self.metrics, name)
+            child = self._children[key] = (metric.labels(stream=stream, outcome=outcome) if outcome
+                                           else metric.labels(stream=stream))
+        return child
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -342,18 +365,18 @@ class ConsumerLoop:
                 raise
             except Exception as exc:  # transient by policy: leave pending, retried after claim_idle_ms
                 self._last_error[entry_id] = f"{type(exc).__name__}: {exc}"
-                self.metrics.messages.labels(stream=stream, outcome="retry").inc()
+                self._metric("messages", stream, "retry").inc()
                 log.error("message_failed", stream=stream, entry_id=entry_id, msg_id=msg.id, type=msg.TYPE,
                           deliveries=count, error=f"{type(exc).__name__}: {exc}", exc_info=True)
                 continue
-            self.metrics.handle_seconds.labels(stream=stream).observe(time.perf_counter() - started)
+            self._metric("handle_seconds", stream).observe(time.perf_counter() - started)
             dedupe = f"{streams.DEDUPE_PREFIX}{self.group}:{msg.id}" if self.config.dedupe_ttl_s else ""
             batch.append((entry_id, dedupe, outputs))
             newest_ts = max(newest_ts, msg.ts)
         if batch:
             await self._commit_batch(stream, batch)
         if newest_ts:
-            self.metrics.last_event.labels(stream=stream).set(newest_ts / 1000.0)
+            self._metric("last_event", stream).set(newest_ts / 1000.0)
 
     def _dead_letter(self, stream: str, entry_id: str, fields: Mapping[Any, Any], error: str) -> tuple[str, dict[str, Any]]:
         self._last_error.pop(entry_id, None)
@@ -377,7 +400,11 @@ class ConsumerLoop:
     async def _commit_batch(self, stream: str, batch: list[tuple[str, str, list[tuple[str, Mapping[Any, Any]]]]]) -> None:
         keys = [stream]
         key_index: dict[str, int] = {}
-        args: list[Any] = [self.group, self.consumer, self.config.dedupe_ttl_s, len(batch)]
+        ids = [entry[0] for entry in batch]
+        first, last = min(ids, key=_id_key), max(ids, key=_id_key)
+        # The PEL range may also hold this consumer's older failures: room for them too.
+        args: list[Any] = [self.group, self.consumer, self.config.dedupe_ttl_s, len(batch), first, last,
+                           2 * len(batch) + 1000]
         for entry_id, dedupe, outputs in batch:
             args += [entry_id, dedupe, len(outputs)]
             for out_stream, fields in outputs:
@@ -398,7 +425,7 @@ class ConsumerLoop:
             if status == 1:
                 outcome = "dlq" if is_dlq else "ok"
                 for out_stream, _ in outputs:
-                    self.metrics.published.labels(stream=out_stream).inc()
+                    self._metric("published", out_stream).inc()
             elif status == 2:
                 outcome = "duplicate"
                 log.info("duplicate_dropped", stream=stream, entry_id=entry_id, dedupe_key=dedupe)
@@ -406,7 +433,7 @@ class ConsumerLoop:
                 outcome = "skipped"
                 log.warning("entry_claimed_by_other_consumer", stream=stream, entry_id=entry_id)
             self._last_error.pop(entry_id, None)
-            self.metrics.messages.labels(stream=stream, outcome=outcome).inc()
+            self._metric("messages", stream, outcome).inc()
 
     # -- taking over from dead consumers -------------------------------------------------
 

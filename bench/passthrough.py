@@ -1,9 +1,9 @@
-"""A test service: the real runtime and consumer loop with a pass-through handler.
+"""A pass-through service on the real runtime and consumer loop (for bench/loop.py and the tests).
 
 Reads ``test:in``, writes each message again (new id derived from the input's) to ``test:out``.
 Env: ``HANG_ON`` = a message id on which the handler blocks forever (to be killed mid-message);
-``SLOW_MS`` = time the handler spends per message; ``CLAIM_IDLE_MS`` etc. as usual. While in
-the handler it records the message id in the key ``test:in_handler`` so tests can wait on it.
+``SLOW_MS`` = time the handler spends per message; ``CLAIM_IDLE_MS`` etc. as usual. With
+``HANG_ON`` set, the handler records the id in hand in ``test:in_handler`` so tests can wait on it.
 """
 
 from __future__ import annotations
@@ -27,8 +27,9 @@ def setup(service: Service) -> None:
     settings: Settings = service.settings  # type: ignore[assignment]
 
     async def handle(msg: Message, delivery: Delivery) -> list[Output]:
-        await service.redis.set("test:in_handler", msg.id)
-        if settings.hang_on and msg.id == settings.hang_on:
+        if settings.hang_on:
+            await service.redis.set("test:in_handler", msg.id)
+        if msg.id == settings.hang_on:
             await asyncio.Event().wait()  # blocks until the process is killed
         if settings.slow_ms:
             await asyncio.sleep(settings.slow_ms / 1000)  # simulated work, not synchronisation

@@ -1,0 +1,57 @@
+"""What every benchmark shares: machine facts, a Redis of its own, percentiles, the result file."""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+from contextlib import contextmanager
+
+import orjson
+
+from tradestack.embedded_redis import EmbeddedRedis
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def machine() -> dict[str, Any]:
+    return {"python": sys.version.split()[0], "platform": platform.platform(), "cpus": os.cpu_count(),
+            "machine": platform.machine()}
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+@contextmanager
+def bench_redis() -> Iterator[str]:
+    """BENCH_REDIS_URL when set; otherwise a redis-server of our own with production settings
+    (AOF everysec), so a benchmark never writes into somebody's Redis."""
+    url = os.environ.get("BENCH_REDIS_URL")
+    if url:
+        yield url
+        return
+    with tempfile.TemporaryDirectory(prefix="bench-redis-") as tmp, EmbeddedRedis(tmp) as server:
+        yield server.url
+
+
+def write_result(name: str, result: dict[str, Any]) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
+    return path
+
+
+def print_table(title: str, rows: list[tuple[str, Any]]) -> None:
+    print(title)
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        shown = f"{value:,.3f}" if isinstance(value, float) else str(value)
+        print(f"  {key:<{width}}  {shown}")

@@ -1,0 +1,184 @@
+"""A small asyncio REST client for Bitvavo's public endpoints (book, candles, markets).
+
+Rate limits (reference §7): 1000 weight points per minute per IP when unauthenticated, shared by
+every process on the host and by WS. Two guards:
+
+- ``RateBudget``: our own sliding-minute budget (``points_per_min``, a share of the 1000 so
+  several processes fit), checked before every request;
+- the exchange's headers: ``bitvavo-ratelimit-remaining`` below ``reserve`` waits until
+  ``bitvavo-ratelimit-resetat``; a 429/105 ban waits until the time in its message.
+
+5xx and timeouts retry with capped backoff (public GETs are idempotent).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections import deque
+from typing import Any, Awaitable, Callable
+
+import aiohttp
+import orjson
+
+from tradestack.backoff import Backoff
+from tradestack.clock import SYSTEM_CLOCK, Clock
+from tradestack.logs import get_logger
+
+log = get_logger(__name__)
+
+_BAN_AT = re.compile(r" at (\d+)\.")
+
+
+class RestError(Exception):
+    def __init__(self, status: int, error_code: int | None, message: str) -> None:
+        super().__init__(f"HTTP {status} errorCode {error_code}: {message}")
+        self.status = status
+        self.error_code = error_code
+
+
+class RateBudget:
+    """Client-side limits: a sliding one-minute window plus the exchange's own headers (pure)."""
+
+    def __init__(self, points_per_min: int = 300, reserve: int = 100) -> None:
+        self.points_per_min = points_per_min
+        self.reserve = reserve
+        self._spent: deque[tuple[float, int]] = deque()  # (monotonic s, weight)
+        self._used = 0
+        self.remaining: int | None = None  # last seen bitvavo-ratelimit-remaining
+        self.reset_at_ms: int | None = None
+        self.banned_until_ms: int = 0
+
+    def delay(self, weight: int, now_s: float, now_ms: int) -> float:
+        """Seconds to wait before spending ``weight`` now (0 = go)."""
+        if self.banned_until_ms > now_ms:
+            return (self.banned_until_ms - now_ms) / 1000 + 0.05
+        if self.remaining is not None and self.remaining - weight < self.reserve and self.reset_at_ms:
+            if self.reset_at_ms > now_ms:
+                return (self.reset_at_ms - now_ms) / 1000 + 0.05
+            self.remaining = None  # the window has reset
+        while self._spent and self._spent[0][0] <= now_s - 60.0:
+            self._used -= self._spent.popleft()[1]
+        if self._used + weight > self.points_per_min and self._spent:
+            return self._spent[0][0] + 60.0 - now_s + 0.001
+        return 0.0
+
+    def spend(self, weight: int, now_s: float) -> None:
+        self._spent.append((now_s, weight))
+        self._used += weight
+
+    def observe(self, headers: Any) -> None:
+        remaining = headers.get("bitvavo-ratelimit-remaining")
+        reset_at = headers.get("bitvavo-ratelimit-resetat")
+        if remaining is not None and str(remaining).lstrip("-").isdigit():
+            self.remaining = int(remaining)
+        if reset_at is not None and str(reset_at).isdigit():
+            self.reset_at_ms = int(reset_at)
+
+    def banned(self, message: str, now_ms: int) -> None:
+        m = _BAN_AT.search(message or "")
+        self.banned_until_ms = int(m.group(1)) if m else now_ms + 60_000
+
+
+Sleep = Callable[[float], Awaitable[Any]]
+
+
+class BitvavoRest:
+    WEIGHTS = {"book": 1, "candles": 1, "markets": 1, "time": 1}
+
+    def __init__(self, base_url: str, session: aiohttp.ClientSession | None = None, *,
+                 points_per_min: int = 300, reserve: int = 100, timeout_s: float = 10.0, max_attempts: int = 5,
+                 clock: Clock = SYSTEM_CLOCK, sleep: Sleep = asyncio.sleep,
+                 on_request: Callable[[str, str], None] | None = None) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._session = session
+        self._own_session = session is None
+        self.budget = RateBudget(points_per_min, reserve)
+        self.timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self.max_attempts = max_attempts
+        self.clock = clock
+        self.sleep = sleep
+        self.on_request = on_request  # (endpoint, outcome) for metrics
+        self._lock = asyncio.Lock()  # one request at a time keeps the budget exact and simple
+
+    async def close(self) -> None:
+        if self._own_session and self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _sess(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession()
+        return self._session
+
+    async def get(self, endpoint: str, path: str, params: dict[str, Any] | None = None) -> Any:
+        weight = self.WEIGHTS.get(endpoint, 1)
+        backoff = Backoff(0.2, 10.0)
+        attempt = 0
+        while True:
+            attempt += 1
+            async with self._lock:
+                while True:
+                    wait = self.budget.delay(weight, self.clock.monotonic(), self.clock.now_ms())
+                    if wait <= 0:
+                        break
+                    log.info("rest_budget_wait", endpoint=endpoint, wait_s=round(wait, 3))
+                    await self.sleep(wait)
+                self.budget.spend(weight, self.clock.monotonic())
+                try:
+                    async with self._sess().get(self.base_url + path, params=params, timeout=self.timeout) as resp:
+                        body = await resp.read()
+                        self.budget.observe(resp.headers)
+                        status = resp.status
+                except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                    self._count(endpoint, "error")
+                    if attempt >= self.max_attempts:
+                        raise RestError(0, None, f"{type(exc).__name__}: {exc}") from None
+                    log.warning("rest_request_failed", endpoint=endpoint, attempt=attempt, error=f"{type(exc).__name__}: {exc}")
+                    status, body = -1, b""
+            if status == -1:
+                await self.sleep(backoff.next_delay())
+                continue
+            try:
+                data = orjson.loads(body) if body else None
+            except orjson.JSONDecodeError:
+                data = None
+            if status == 200 and not (isinstance(data, dict) and "errorCode" in data):
+                self._count(endpoint, "ok")
+                return data
+            code = data.get("errorCode") if isinstance(data, dict) else None
+            message = str(data.get("error", "")) if isinstance(data, dict) else body[:200].decode("utf-8", "replace")
+            if status == 429 or code == 105:
+                self.budget.banned(message, self.clock.now_ms())
+                self._count(endpoint, "banned")
+                log.error("rest_rate_limited", endpoint=endpoint, error=message,
+                          banned_until=self.budget.banned_until_ms)
+                continue  # the budget waits until the ban expires
+            if status >= 500 and attempt < self.max_attempts:
+                self._count(endpoint, "retry")
+                log.warning("rest_server_error", endpoint=endpoint, status=status, error_code=code, error=message)
+                await self.sleep(backoff.next_delay())
+                continue
+            self._count(endpoint, "error")
+            raise RestError(status, code, message)
+
+    def _count(self, endpoint: str, outcome: str) -> None:
+        if self.on_request is not None:
+            self.on_request(endpoint, outcome)
+
+    async def book(self, market: str, depth: int | None = None) -> Any:
+        return await self.get("book", f"/{market}/book", {"depth": depth} if depth else None)
+
+    async def candles(self, market: str, interval: str, *, start: int | None = None, end: int | None = None,
+                      limit: int | None = None) -> Any:
+        params: dict[str, Any] = {"interval": interval}
+        if start is not None:
+            params["start"] = start
+        if end is not None:
+            params["end"] = end
+        if limit is not None:
+            params["limit"] = limit
+        return await self.get("candles", f"/{market}/candles", params)
+
+    async def markets(self) -> Any:
+        return await self.get("markets", "/markets")
