@@ -56,6 +56,7 @@ class Service:
         self._health: dict[str, bool] = {}
         self._loops: list[ConsumerLoop] = []
         self._tasks: list[tuple[str, Callable[[], Awaitable[None]]]] = []
+        self._beat_now = asyncio.Event()  # a state change is published at once, not at the next beat
         self.metrics.dry_run.set(1 if settings.dry_run else 0)
         self.metrics.kill_switch.set(1)
 
@@ -82,6 +83,7 @@ class Service:
         log.info("state_changed", service=self.name, previous=self.state, state=state)
         self.state = state
         self.metrics.set_state(state)
+        self._beat_now.set()
 
     def _report(self, component: str, ok: bool) -> None:
         self._health[component] = ok
@@ -139,7 +141,11 @@ class Service:
                 _sd_notify("WATCHDOG=1")
             except REDIS_DOWN:
                 pass  # the kill-switch watcher reports the outage; the key expires on its own
-            await _wait(self.stop, self.settings.heartbeat_every_s)
+            self._beat_now.clear()
+            waiters = [asyncio.ensure_future(self.stop.wait()), asyncio.ensure_future(self._beat_now.wait())]
+            await asyncio.wait(waiters, timeout=self.settings.heartbeat_every_s, return_when=asyncio.FIRST_COMPLETED)
+            for waiter in waiters:
+                waiter.cancel()
 
     # -- running -----------------------------------------------------------------------
 
