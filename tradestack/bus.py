@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
 import os
 import socket
 import time
@@ -332,6 +333,7 @@ class ConsumerLoop:
     async def process(self, stream: str, entries: Sequence[tuple[Any, Any]], check_deliveries: bool = False) -> None:
         """Decode, handle and commit one batch of entries from one stream."""
         deliveries = await self._delivery_counts(stream, entries) if check_deliveries else {}
+        debug = log.isEnabledFor(logging.DEBUG)  # once per batch: the hot path pays nothing at INFO
         batch: list[tuple[str, str, list[tuple[str, Mapping[Any, Any]]]]] = []
         newest_ts = 0
         for raw_id, fields in entries:
@@ -373,6 +375,9 @@ class ConsumerLoop:
             dedupe = f"{streams.DEDUPE_PREFIX}{self.group}:{msg.id}" if self.config.dedupe_ttl_s else ""
             batch.append((entry_id, dedupe, outputs))
             newest_ts = max(newest_ts, msg.ts)
+            if debug:
+                log.debug("message_handled", stream=stream, entry_id=entry_id, msg_id=msg.id, type=msg.TYPE,
+                          trace_id=msg.trace.id, outputs=len(outputs), deliveries=count)
         if batch:
             await self._commit_batch(stream, batch)
         if newest_ts:
