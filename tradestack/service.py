@@ -136,9 +136,11 @@ class Service:
     async def _heartbeat(self) -> None:
         key = streams.heartbeat(self.name)
         while not self.stop.is_set():
+            # The watchdog says "this process is not hung": a process waiting out a Redis outage
+            # is degraded, not hung, so a systemd restart would only add a restart per outage.
+            _sd_notify("WATCHDOG=1")
             try:
                 await self.redis.set(key, self.heartbeat_value(), ex=self.settings.heartbeat_ttl_s)
-                _sd_notify("WATCHDOG=1")
             except REDIS_DOWN:
                 pass  # the kill-switch watcher reports the outage; the key expires on its own
             self._beat_now.clear()
