@@ -40,6 +40,7 @@ def _parse(argv: list[str] | None) -> dict[str, Any]:
     p.add_argument("--api-key", dest="api_key")
     p.add_argument("--api-secret", dest="api_secret")
     p.add_argument("--eur", help="EUR balance of the account (default 10000)")
+    p.add_argument("--activity", type=float, help="bench knob: multiply the simulated trade rate (default 1)")
     p.add_argument("--log-level", dest="log_level")
     args = vars(p.parse_args(argv))
     return {k: v for k, v in args.items() if v is not None}
@@ -78,16 +79,18 @@ def load_settings(argv: list[str] | None) -> SandboxSettings:
 
 
 async def serve(settings: SandboxSettings) -> None:
-    from sandbox.server.runner import run_sandbox  # imports the engine: after settings are valid
+    from sandbox.server.runner import Sandbox, run_sandbox  # imports the engine: after settings are valid
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    async with run_sandbox(None, settings) as sb:
-        # Other processes parse these two lines: keep their format, flush now.
+    def announce(sb: Sandbox) -> None:
+        # Other processes parse these two lines: keep their format, print them first, flush now.
         print(f"REST {sb.rest_url}", flush=True)
         print(f"WS {sb.ws_url}", flush=True)
+
+    async with run_sandbox(None, settings, on_ready=announce) as sb:
         log.info("sandbox_account", api_key=sb.api_key, api_secret=sb.api_secret, eur=str(settings.eur))
         await stop.wait()
         log.info("sandbox_stopping")

@@ -90,6 +90,7 @@ class OrderBook:
         self.changed_asks: set[int] = set()
         self.nonce = 0
         self._seq = 0
+        self.version = 0  # bumped by every add/remove/reduce (cheap "did anything change" check)
 
     def side(self, side: str) -> BookSide:
         return self.bids if side == "buy" else self.asks
@@ -98,6 +99,7 @@ class OrderBook:
         return self.asks if side == "buy" else self.bids
 
     def _touch(self, side: str, tick: int) -> None:
+        self.version += 1
         (self.changed_bids if side == "buy" else self.changed_asks).add(tick)
 
     def add(self, order_id: str, owner: str | None, side: str, tick: int, qty: Decimal,

@@ -35,7 +35,7 @@ def bucket_start(interval: str, ts: int) -> int:
 class CandleSeries:
     """Candles of one interval: starts kept ascending (trades arrive in time order)."""
 
-    __slots__ = ("interval", "starts", "rows", "cap", "_month_end")
+    __slots__ = ("interval", "starts", "rows", "cap", "_month_end", "_cur_start", "_cur_end", "_cur_row")
 
     def __init__(self, interval: str, cap: int) -> None:
         self.interval = interval
@@ -43,6 +43,10 @@ class CandleSeries:
         self.rows: dict[int, list] = {}  # start -> [open, high, low, close, volume] (Decimals)
         self.cap = cap
         self._month_end = -1  # cache for 1M bucket lookup
+        # The bucket trades currently land in: most adds are a range check and an update.
+        self._cur_start = 0
+        self._cur_end = -1
+        self._cur_row: list | None = None
 
     def _start(self, ts: int) -> int:
         if self.interval != "1M":
@@ -55,13 +59,24 @@ class CandleSeries:
         self._month_end = int(nxt.timestamp() * 1000)
         return start
 
+    def _end(self, start: int) -> int:
+        if self.interval == "1M":
+            return self._month_end
+        return start + INTERVAL_MS[self.interval]
+
     def add(self, ts: int, price: Decimal, amount: Decimal) -> list:
-        start = self._start(ts)
-        row = self.rows.get(start)
+        if self._cur_start <= ts < self._cur_end:
+            row = self._cur_row
+        else:
+            start = self._start(ts)
+            row = self.rows.get(start)
+            if row is not None:
+                self._cur_start, self._cur_end, self._cur_row = start, self._end(start), row
         if row is None:
             row = [price, price, price, price, amount]
             self.rows[start] = row
             self.starts.append(start)
+            self._cur_start, self._cur_end, self._cur_row = start, self._end(start), row
             if len(self.starts) > self.cap:
                 del self.rows[self.starts.popleft()]
         else:

@@ -33,6 +33,7 @@ class SandboxConfig:
     state_path: str | None = None  # persist orders/balances here (JSON), reload on start
     replay_dir: str | None = None  # drive mid prices from recorded Parquet instead of the random walk
     # Simulation knobs.
+    simulate: bool = True  # False: no liquidity providers, flow or history (a quiet book for tests)
     book_levels: int = 25  # liquidity-provider levels per side
     activity: float = 1.0  # multiplies the aggressive trade rate of every market
     volatility: float = 1.0  # multiplies the random-walk volatility of every market

@@ -17,12 +17,10 @@ from .errors import ExchangeError
 from .events import BookEvent, CandleEvent, Event, FillEvent, OrderEvent, TickerEvent, TradeEvent
 from .ids import IdGenerator
 from .market_state import MarketState
-from .markets import STATUSES, MarketSpec, build_catalogue
+from .markets import STATUSES, build_catalogue
 from .matching import Taker, fillable, match, would_take
 from .numbers import ZERO, fmt, parse_decimal, round_down, round_half_up, round_up
 from .orders import (
-    ACTIVE_STATUSES,
-    OPEN_STATUSES,
     TRIGGER_TYPES,
     UPDATE_PARAMS,
     Fill,
@@ -64,11 +62,12 @@ class Exchange:
             for market, price in replay.first_prices().items():
                 if market in specs:
                     specs[market].price0 = price
-        self.markets: dict[str, MarketState] = {}
+                    specs[market].__post_init__()  # minimums follow the recorded price
+        self.mstates: dict[str, MarketState] = {}
         for market, spec in specs.items():
             sim = MarketSimulator(spec, config.seed, config.book_levels, config.activity,
                                   config.volatility, mid_sources.get(market))
-            self.markets[market] = MarketState(spec, sim, config.max_trades_per_market,
+            self.mstates[market] = MarketState(spec, sim, config.max_trades_per_market,
                                                config.trade_retention_ms, config.max_candles_per_interval)
         self.accounts: dict[str, Account] = {}
         for api_key, acct in config.accounts.items():
@@ -78,7 +77,7 @@ class Exchange:
             self.accounts[api_key] = account
         self.ledger = Ledger()
         self.ledger.amounts[EXTERNAL_ACCOUNT] = {}
-        self.orders: dict[str, Order] = {}
+        self.order_index: dict[str, Order] = {}
         self.orders_by_market: dict[tuple[str, str], list[str]] = {}  # (api_key, market) -> ids by creation
         self.open_orders: dict[tuple[str, str], dict[str, Order]] = {}
         self.own_trades: dict[tuple[str, str], deque] = {}
@@ -89,9 +88,9 @@ class Exchange:
         self._generate_history()
         if config.state_path:
             persistence.load_into(self, config.state_path)
-        for ms in self.markets.values():
+        for ms in self.mstates.values():
             ms.last_step_ms = self._t
-            if ms.spec.status == "trading":
+            if ms.spec.status == "trading" and config.simulate:
                 ms.sim.requote(self, ms.book)
             ms.last_ticker = ms.top()
         self._events.clear()  # start-up noise (history, first quotes) is not streamed
@@ -99,7 +98,7 @@ class Exchange:
     # ---- basics --------------------------------------------------------------------------------
     @property
     def market_ids(self) -> list[str]:
-        return list(self.markets)
+        return list(self.mstates)
 
     def secret_for(self, api_key: str) -> str | None:
         account = self.accounts.get(api_key)
@@ -114,7 +113,7 @@ class Exchange:
     def _market(self, market: object) -> MarketState:
         if market is None or market == "":
             raise E.missing("market")
-        ms = self.markets.get(market) if isinstance(market, str) else None
+        ms = self.mstates.get(market) if isinstance(market, str) else None
         if ms is None:
             raise E.invalid("market", market)
         return ms
@@ -151,11 +150,11 @@ class Exchange:
         self._check_params(params, ("market",))
         if params.get("market"):
             return self._market(params["market"]).spec.to_json()
-        return [ms.spec.to_json() for ms in self.markets.values()]
+        return [ms.spec.to_json() for ms in self.mstates.values()]
 
     def _asset_specs(self) -> dict[str, tuple[str, int]]:
         assets: dict[str, tuple[str, int]] = {"EUR": ("Euro", 2)}
-        for ms in self.markets.values():
+        for ms in self.mstates.values():
             assets.setdefault(ms.spec.base, (ms.spec.name, 8))
         return dict(sorted(assets.items()))
 
@@ -221,7 +220,7 @@ class Exchange:
         self._check_params(params, ("market",))
         if params.get("market"):
             return [self._market(params["market"])], True
-        return list(self.markets.values()), False
+        return list(self.mstates.values()), False
 
     def _price_row(self, ms: MarketState) -> dict:
         last = ms.last_price()
@@ -269,7 +268,7 @@ class Exchange:
 
     def ticker24h_rows(self, markets: Iterable[str]) -> list[dict]:
         now = self._now()
-        return [self._ticker24h_row(self.markets[m], now) for m in markets if m in self.markets]
+        return [self._ticker24h_row(self.mstates[m], now) for m in markets if m in self.mstates]
 
     # ---- orders: lookup ------------------------------------------------------------------------
     def _find_order(self, api_key: str, ms: MarketState, params: dict) -> Order:
@@ -283,11 +282,11 @@ class Exchange:
                 if order.client_order_id == coid:
                     return order
             for order_id in reversed(self.orders_by_market.get((api_key, ms.market), [])):
-                order = self.orders.get(order_id)
+                order = self.order_index.get(order_id)
                 if order is not None and order.client_order_id == coid:
                     return order
             raise E.order_not_found()
-        order = self.orders.get(oid) if isinstance(oid, str) else None
+        order = self.order_index.get(oid) if isinstance(oid, str) else None
         if order is None or order.api_key != api_key or order.market != ms.market:
             raise E.order_not_found()
         return order
@@ -351,7 +350,7 @@ class Exchange:
 
     def _register(self, order: Order) -> None:
         key = (order.api_key, order.market)
-        self.orders[order.order_id] = order
+        self.order_index[order.order_id] = order
         ids = self.orders_by_market.setdefault(key, [])
         ids.append(order.order_id)
         self.open_orders.setdefault(key, {})[order.order_id] = order
@@ -365,9 +364,9 @@ class Exchange:
         keep: list[str] = []
         drop = len(ids) - cap
         for order_id in ids:
-            order = self.orders.get(order_id)
+            order = self.order_index.get(order_id)
             if drop > 0 and (order is None or not order.is_open):
-                self.orders.pop(order_id, None)
+                self.order_index.pop(order_id, None)
                 drop -= 1
             else:
                 keep.append(order_id)
@@ -470,12 +469,16 @@ class Exchange:
         match(book, taker,
               lambda maker, qty, tick: self._on_trade(ms, maker, qty, tick, order, order.side),
               lambda maker, dec: self._on_stp(ms, maker, dec))
-        if taker.stp_decrement > 0 and order.amount is not None and order.is_open:
+        if not order.is_open:
+            return  # filled inside the loop
+        if taker.stp_decrement > 0 and order.amount is not None and not taker.stp_cancel_taker:
             order.amount -= taker.stp_decrement
             order.amount_remaining -= taker.stp_decrement
             order.restatement_reason = "decrementOnSelfTradePrevention"
-        if not order.is_open:
-            return  # filled inside the loop
+            if order.amount_remaining <= 0:
+                self._finalize(order, "filled" if order.filled_amount > 0 else "canceledSelfTradePrevention",
+                               "restated")
+                return
         if taker.stp_cancel_taker:
             order.restatement_reason = "cancelOnSelfTradePrevention"
             self._finalize(order, "canceledSelfTradePrevention", "canceled")
@@ -506,6 +509,9 @@ class Exchange:
         fee = round_half_up(notional * rate, nd)
         base_bal, quote_bal = account.bal(order.base), account.bal(order.quote)
         if order.side == "buy":
+            if order.amount_quote_remaining is not None:
+                # amountQuote includes the fee: rounding must not push spending past it.
+                fee = max(ZERO, min(fee, order.amount_quote_remaining - notional))
             spend = notional + fee
             from_hold = min(spend, order.on_hold)
             order.on_hold -= from_hold
@@ -617,7 +623,7 @@ class Exchange:
         account.release(order.on_hold_currency, order.on_hold)
         order.on_hold = ZERO
         self.open_orders.get((order.api_key, order.market), {}).pop(order.order_id, None)
-        ms = self.markets.get(order.market)
+        ms = self.mstates.get(order.market)
         if ms is not None:
             ms.triggers.pop(order.order_id, None)
         self._emit_order(order, execution_type)
@@ -650,13 +656,7 @@ class Exchange:
             fired.status = "new"
             fired.updated = self._t
             self._emit_order(fired, "triggered")
-            if fired.order_type in ("stopLossLimit", "takeProfitLimit"):
-                self._rehold_limit_trigger(fired)
             self._execute(ms, fired)
-
-    def _rehold_limit_trigger(self, order: Order) -> None:
-        # The reservation was made at placement for the limit price already; nothing to change.
-        return
 
     # ---- orders: get / update / cancel ----------------------------------------------------------
     def get_order(self, api_key: str, params: dict) -> dict:
@@ -798,6 +798,7 @@ class Exchange:
             raise E.order_not_found()
         self._t = self._now()
         self._cancel(ms, order)
+        self._check_triggers(ms)  # a canceled level can move bestBid/bestAsk/midPrice
         self._emit_market_updates(ms)
         out = {"orderId": order.order_id}
         if order.client_order_id is not None:
@@ -815,7 +816,7 @@ class Exchange:
         self._account(api_key)
         self._check_params(params, ("market", "operatorId"))
         operator_id = parse_operator_id(params)
-        selected = [self._market(params["market"])] if params.get("market") else list(self.markets.values())
+        selected = [self._market(params["market"])] if params.get("market") else list(self.mstates.values())
         self._t = self._now()
         out = []
         for ms in selected:
@@ -826,6 +827,7 @@ class Exchange:
             for order in list(self.open_orders.get((api_key, ms.market), {}).values()):
                 self._cancel(ms, order)
                 out.append({"orderId": order.order_id, "operatorId": operator_id})
+            self._check_triggers(ms)
             self._emit_market_updates(ms)
         return out
 
@@ -843,7 +845,7 @@ class Exchange:
             hi = ids.index(params["orderIdTo"]) + 1 if params["orderIdTo"] in ids else 0
         out = []
         for order_id in reversed(ids[lo:hi]):
-            order = self.orders.get(order_id)
+            order = self.order_index.get(order_id)
             if order is None:
                 continue
             if end is not None and order.created > end:
@@ -861,9 +863,9 @@ class Exchange:
         if params.get("market"):
             markets = [self._market(params["market"]).market]
         elif params.get("base"):
-            markets = [m for m, ms in self.markets.items() if ms.spec.base == params["base"]]
+            markets = [m for m, ms in self.mstates.items() if ms.spec.base == params["base"]]
         else:
-            markets = list(self.markets)
+            markets = list(self.mstates)
         out = []
         for market in markets:
             opened = self.open_orders.get((api_key, market), {})
@@ -963,7 +965,7 @@ class Exchange:
 
     # ---- admin / faults ------------------------------------------------------------------------
     def admin_orders(self, client_order_id: str | None = None) -> list:
-        return [o.to_json() for o in self.orders.values()
+        return [o.to_json() for o in self.order_index.values()
                 if client_order_id is None or o.client_order_id == client_order_id]
 
     def set_market_status(self, market: str, status: str) -> None:
@@ -986,7 +988,7 @@ class Exchange:
 
     # ---- simulation ----------------------------------------------------------------------------
     def lp_place(self, market: str, side: str, tick: int, qty: Decimal) -> Resting | None:
-        ms = self.markets[market]
+        ms = self.mstates[market]
         book = ms.book
         remaining = [qty]
         if would_take(book, side, tick):
@@ -1001,12 +1003,12 @@ class Exchange:
         return book.add(self.ids.next("lp"), None, side, tick, remaining[0])
 
     def lp_cancel(self, market: str, resting: Resting) -> None:
-        book = self.markets[market].book
+        book = self.mstates[market].book
         if resting.order_id in book.index:
             book.remove(resting)
 
     def sim_take(self, market: str, side: str, qty: Decimal) -> None:
-        ms = self.markets[market]
+        ms = self.mstates[market]
         remaining = [qty]
 
         def take(maker: Resting, q: Decimal, t: int) -> None:
@@ -1018,12 +1020,17 @@ class Exchange:
     def step(self) -> None:
         now = self._now()
         cfg = self.config
-        for ms in self.markets.values():
+        for ms in self.mstates.values():
             last = ms.last_step_ms
             if now <= last:
                 continue
-            if ms.spec.status != "trading":
+            if ms.spec.status != "trading" or not cfg.simulate:
                 ms.last_step_ms = now
+                self._t = now
+                if ms.triggers and ms.spec.status == "trading":
+                    self._check_triggers(ms)
+                ms.tape.expire(now)
+                self._emit_market_updates(ms)
                 continue
             sim = ms.sim
             if now - last > cfg.max_catchup_ms:
@@ -1061,7 +1068,7 @@ class Exchange:
     def flush_book_events(self) -> list[BookEvent]:
         ts_ns = self._now() * 1_000_000
         out = []
-        for ms in self.markets.values():
+        for ms in self.mstates.values():
             book = ms.book
             if not book.has_changes():
                 continue
@@ -1080,10 +1087,10 @@ class Exchange:
 
     # ---- history -------------------------------------------------------------------------------
     def _generate_history(self) -> None:
-        hours = self.config.history_hours
+        hours = self.config.history_hours if self.config.simulate else 0.0
         end = self._t
         start = end - int(hours * 3_600_000)
-        for ms in self.markets.values():
+        for ms in self.mstates.values():
             if hours <= 0:
                 continue
             spec = ms.spec

@@ -60,20 +60,20 @@ class MarketSpec:
 
 # (base, name, tickSize, quantityDecimals, price, vol/hour, trades/min)
 _DEFAULTS: list[tuple[str, str, str, int, str, float, float]] = [
-    ("BTC", "Bitcoin", "1.00", 8, "60000", 0.006, 30),
-    ("ETH", "Ethereum", "0.10", 8, "2500", 0.008, 24),
-    ("SOL", "Solana", "0.01", 8, "140", 0.010, 18),
-    ("XRP", "XRP", "0.00001", 6, "0.55", 0.009, 16),
-    ("ADA", "Cardano", "0.00001", 6, "0.40", 0.010, 10),
-    ("DOGE", "Dogecoin", "0.000001", 4, "0.12", 0.012, 12),
+    ("BTC", "Bitcoin", "1.00", 8, "60000", 0.006, 15),
+    ("ETH", "Ethereum", "0.10", 8, "2500", 0.008, 12),
+    ("SOL", "Solana", "0.01", 8, "140", 0.010, 10),
+    ("XRP", "XRP", "0.00001", 6, "0.55", 0.009, 8),
+    ("ADA", "Cardano", "0.00001", 6, "0.40", 0.010, 6),
+    ("DOGE", "Dogecoin", "0.000001", 4, "0.12", 0.012, 6),
     ("LTC", "Litecoin", "0.01", 8, "75", 0.008, 8),
     ("DOT", "Polkadot", "0.001", 8, "5.5", 0.010, 6),
     ("LINK", "Chainlink", "0.001", 8, "13", 0.010, 6),
     ("AVAX", "Avalanche", "0.01", 8, "28", 0.011, 6),
     ("POL", "Polygon Ecosystem Token", "0.00001", 6, "0.45", 0.011, 5),
     ("TRX", "TRON", "0.000001", 4, "0.11", 0.006, 5),
-    ("SHIB", "Shiba Inu", "0.000000010", 0, "0.000017", 0.013, 8),
-    ("PEPE", "Pepe", "0.0000000001", 0, "0.0000090", 0.016, 10),
+    ("SHIB", "Shiba Inu", "0.000000010", 0, "0.000017", 0.013, 5),
+    ("PEPE", "Pepe", "0.0000000001", 0, "0.0000090", 0.016, 6),
     ("BCH", "Bitcoin Cash", "0.10", 8, "350", 0.008, 5),
     ("XLM", "Stellar", "0.00001", 6, "0.10", 0.008, 5),
     ("ATOM", "Cosmos", "0.001", 8, "7.5", 0.010, 5),
@@ -115,7 +115,7 @@ def _generated_specs(count: int) -> dict[str, MarketSpec]:
         qd = max(0, min(8, 2 - math.floor(math.log10(price)) + 2))
         spec = MarketSpec(
             f"{base}-EUR", base, "EUR", base.title(), tick_str, qd, 2, price_d,
-            rng.uniform(0.006, 0.02), rng.uniform(0.5, 4),
+            rng.uniform(0.006, 0.02), rng.uniform(0.3, 2),
         )
         specs[spec.market] = spec
     return specs

@@ -64,7 +64,8 @@ def match(book: OrderBook, taker: Taker, on_trade: TradeCallback, on_stp: StpCal
         if best is None or not crosses(taker.side, taker.limit_tick, best):
             return
         maker = next(iter(opp.levels[best].orders.values()))
-        want = taker.max_qty(best)
+        # Quantity already removed by decrementAndCancel is no longer the taker's to trade.
+        want = taker.max_qty(best) - taker.stp_decrement
         if want <= 0:
             return
         if taker.owner is not None and maker.owner == taker.owner:

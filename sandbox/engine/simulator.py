@@ -59,12 +59,13 @@ class MarketSimulator:
         self.log_mid = math.log(float(spec.price0))
         self.tick_f = float(spec.tick)
         # Ladder spacing on a fixed grid so a 1-tick mid move only touches the edge levels.
-        self.gap = max(1, round(float(spec.price0) * 0.0003 / self.tick_f))
-        self.half_spread_ticks = max(1.0, 1.5 * self.gap)
+        self.gap = max(1, round(float(spec.price0) * 0.00005 / self.tick_f))
+        self.half_spread_ticks = float(self.gap)
         self.sizing = Sizing(spec.quantity_decimals, spec.tick)
         self.regime = 1
         self.regime_until = 0
         self.lp: dict[str, dict[int, Resting]] = {"buy": {}, "sell": {}}
+        self._last_requote: tuple | None = None  # (top_bid, top_ask, book change marker)
 
     # ---- the walk ---------------------------------------------------------------------------
     @property
@@ -126,6 +127,12 @@ class MarketSimulator:
         top_bid = max(top_bid, gap)
         if top_ask <= top_bid:
             top_ask = top_bid + gap
+        # Nothing moved and nobody traded or placed since last time: only churn a level or two.
+        marker = (top_bid, top_ask, book.version)
+        if marker == self._last_requote:
+            self._churn(ops, book, top_bid, top_ask)
+            self._last_requote = (top_bid, top_ask, book.version)
+            return
         targets = {
             "buy": [top_bid - i * gap for i in range(self.levels) if top_bid - i * gap > 0],
             "sell": [top_ask + i * gap for i in range(self.levels)],
@@ -147,20 +154,31 @@ class MarketSimulator:
                     r = ops.lp_place(market, side, tick, self._lp_size(i))
                     if r is not None:
                         quotes[tick] = r
+        self._churn(ops, book, top_bid, top_ask)
+        self._last_requote = (top_bid, top_ask, book.version)
+
+    def _churn(self, ops: MarketOps, book: OrderBook, top_bid: int, top_ask: int) -> None:
+        """Re-size a couple of random levels so the book keeps changing like a real one."""
+        market = self.spec.market
+        gap = self.gap
+        # Busy markets churn more; quiet generated small caps barely (keeps "all" cheap).
+        p = min(1.0, self.spec.trades_per_min / 8)
         for _ in range(2):
-            side = "buy" if self.rng.random() < 0.5 else "sell"
-            ticks = targets[side]
-            if not ticks:
+            if self.rng.random() >= p:
                 continue
-            i = self.rng.randrange(len(ticks))
-            r = self.lp[side].get(ticks[i])
+            side = "buy" if self.rng.random() < 0.5 else "sell"
+            i = self.rng.randrange(self.levels)
+            tick = top_bid - i * gap if side == "buy" else top_ask + i * gap
+            if tick <= 0:
+                continue
+            r = self.lp[side].get(tick)
             if r is not None and r.order_id in book.index:
                 ops.lp_cancel(market, r)
-                new = ops.lp_place(market, side, ticks[i], self._lp_size(i))
+                new = ops.lp_place(market, side, tick, self._lp_size(i))
                 if new is not None:
-                    self.lp[side][ticks[i]] = new
+                    self.lp[side][tick] = new
                 else:
-                    del self.lp[side][ticks[i]]
+                    del self.lp[side][tick]
 
     def flow(self, ops: MarketOps, dt_ms: int) -> None:
         for _ in range(self.trade_count(dt_ms)):

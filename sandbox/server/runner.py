@@ -43,6 +43,7 @@ def config_from_settings(settings: SandboxSettings) -> SandboxConfig:
         accounts={settings.api_key: account},
         state_path=str(settings.state) if settings.state else None,
         replay_dir=str(settings.replay) if settings.replay else None,
+        activity=settings.activity,
     )
 
 
@@ -115,6 +116,7 @@ async def run_sandbox(
     clock: Clock = SYSTEM_CLOCK,
     sleep: Sleep | None = None,
     exchange_factory: Callable[[SandboxConfig, Callable[[], int]], Any] | None = None,
+    on_ready: Callable[[Sandbox], None] | None = None,
 ) -> AsyncIterator[Sandbox]:
     """Start engine, market loop and HTTP/WS server on ``settings.host:port`` (0 = free port)."""
     settings = settings or SandboxSettings()
@@ -173,6 +175,8 @@ async def run_sandbox(
     assert server is not None and server.sockets, "server did not bind"
     sb.port = server.sockets[0].getsockname()[1]
     loop.start()
+    if on_ready is not None:
+        on_ready(sb)  # before any log line: `python -m sandbox` prints its URL lines first
     log.info("sandbox_started", rest_url=sb.rest_url, ws_url=sb.ws_url, markets=len(exchange.market_ids))
     try:
         yield sb

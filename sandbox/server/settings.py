@@ -30,6 +30,8 @@ class SandboxSettings(BaseSettings):
     api_secret: SecretStr = SecretStr(DEFAULT_API_SECRET)
     eur: Decimal = Field(Decimal("10000"), ge=0)
     log_level: str = "INFO"
+    # bench knob: multiplies the simulated aggressive-trade rate of every market
+    activity: float = Field(1.0, gt=0, le=1000)
 
     # market loop cadence
     step_ms: int = Field(50, ge=1)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import os
-import selectors
+import queue
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -15,16 +16,29 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[3]
 
 
+_readers: dict[int, "queue.Queue[str | None]"] = {}
+
+
 def _readline(proc: subprocess.Popen, deadline: float) -> str:
-    sel = selectors.DefaultSelector()
-    sel.register(proc.stdout, selectors.EVENT_READ)
-    while time.monotonic() < deadline:
-        if sel.select(timeout=max(deadline - time.monotonic(), 0.01)):
-            line = proc.stdout.readline()
-            if line:
-                return line.rstrip("\n")
-            raise AssertionError(f"sandbox exited early: rc={proc.wait()} stderr={proc.stderr.read()}")
-    raise AssertionError("no output before the deadline")
+    """The next stdout line, or fail at the deadline. A reader thread feeds a queue: select() on a
+    buffered pipe misses lines already read into Python's buffer."""
+    lines = _readers.get(proc.pid)
+    if lines is None:
+        lines = _readers[proc.pid] = queue.Queue()
+
+        def pump() -> None:
+            for line in iter(proc.stdout.readline, ""):
+                lines.put(line)
+            lines.put(None)
+
+        threading.Thread(target=pump, daemon=True).start()
+    try:
+        line = lines.get(timeout=max(deadline - time.monotonic(), 0.01))
+    except queue.Empty:
+        raise AssertionError("no output before the deadline") from None
+    if line is None:
+        raise AssertionError(f"sandbox exited early: rc={proc.wait()} stderr={proc.stderr.read()}")
+    return line.rstrip("\n")
 
 
 def test_cli_prints_urls_serves_and_exits_on_sigterm(tmp_path: Path) -> None:

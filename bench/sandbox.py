@@ -1,0 +1,291 @@
+"""Benchmark of the sandbox exchange server: WS event throughput and order round trips.
+
+    python -m bench.sandbox [--secs 10] [--activity 50] [--markets ''|all|BTC-EUR,...]
+
+Starts ``python -m sandbox`` as a subprocess (bench knob ``--activity`` multiplies the simulated
+trade rate), then, for ``--secs`` seconds and at the same time:
+- a WS client in its own process, subscribed to book + trades + ticker + candles(1m) on every
+  market, counts the events it receives (``ws_events_per_s``);
+- an aiohttp REST client places and cancels limit orders (paced to stay inside the 1000
+  points/min budget) and measures each round trip, interleaved with ``GET /v2/time`` as the baseline.
+Then a raw aiohttp WebSocket server broadcasting one fixed frame in a tight loop gives the
+ceiling of this machine's WS path (``raw_ws_broadcast_per_s``). Writes bench/results/sandbox.json.
+Loopback only; stops by itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import hmac
+import json
+import multiprocessing as mp
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results" / "sandbox.json"
+KEY = "b" * 64
+SECRET = "c" * 64
+
+
+def _pct(xs: list[float], p: float) -> float:
+    if not xs:
+        return float("nan")
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
+
+
+# -- WS consumer (own process, so the REST timings are not disturbed by frame decoding) ----------
+
+
+def _consume(ws_url: str, markets: list[str], secs: float, warmup: float, out: Any) -> None:
+    async def main() -> None:
+        counts: dict[str, int] = {}
+        async with aiohttp.ClientSession() as s:
+            async with s.ws_connect(ws_url, max_msg_size=0) as ws:
+                channels = [{"name": n, "markets": markets} for n in ("book", "trades", "ticker")]
+                channels.append({"name": "candles", "interval": ["1m"], "markets": markets})
+                await ws.send_json({"action": "subscribe", "channels": channels})
+                loop = asyncio.get_running_loop()
+                t_start = loop.time() + warmup
+                while loop.time() < t_start:
+                    await ws.receive(timeout=5)
+                n = 0
+                end = t_start + secs
+                while (now := loop.time()) < end:
+                    try:
+                        msg = await ws.receive(timeout=end - now)
+                    except asyncio.TimeoutError:
+                        break
+                    if msg.type != aiohttp.WSMsgType.TEXT:
+                        break
+                    n += 1
+                    d = msg.data
+                    i = d.find('"event":"')
+                    ev = d[i + 9 : d.find('"', i + 9)] if i >= 0 else "?"
+                    counts[ev] = counts.get(ev, 0) + 1
+                out.put({"events": n, "secs": loop.time() - t_start, "by_event": counts})
+
+    asyncio.run(main())
+
+
+# -- REST round trips ------------------------------------------------------------------------------
+
+
+def _headers(method: str, path_qs: str, body: str = "") -> dict[str, str]:
+    ts = str(time.time_ns() // 1_000_000)
+    sig = hmac.new(SECRET.encode(), f"{ts}{method}{path_qs}{body}".encode(), hashlib.sha256).hexdigest()
+    return {"Bitvavo-Access-Key": KEY, "Bitvavo-Access-Timestamp": ts, "Bitvavo-Access-Signature": sig,
+            "Content-Type": "application/json"}
+
+
+async def _rtts(base: str, market: str, secs: float, pairs_per_s: float) -> dict[str, list[float]]:
+    order_ms: list[float] = []
+    time_ms: list[float] = []
+    errors = 0
+    async with aiohttp.ClientSession(base_url=base) as s:
+        async with s.get(f"/v2/ticker/book?market={market}") as r:
+            tb = await r.json()
+        async with s.get(f"/v2/markets?market={market}") as r:
+            tick = Decimal((await r.json())["tickSize"])
+        price = str((Decimal(tb["bid"]) / 2 // tick) * tick)
+        amount = str((Decimal(20) / Decimal(price)).quantize(Decimal("0.00000001")))
+        loop = asyncio.get_running_loop()
+        end = loop.time() + secs
+        gap = 1.0 / pairs_per_s
+        while loop.time() < end:
+            t_next = loop.time() + gap
+            body = json.dumps({"market": market, "side": "buy", "orderType": "limit", "amount": amount,
+                               "price": price, "operatorId": 1}, separators=(",", ":"))
+            t0 = time.perf_counter()
+            async with s.post("/v2/order", data=body, headers=_headers("POST", "/v2/order", body)) as r:
+                order = await r.json()
+            order_ms.append((time.perf_counter() - t0) * 1000)
+            if r.status != 200:
+                errors += 1
+                print(f"order failed: {order}", file=sys.stderr)
+            else:
+                qs = f"/v2/order?market={market}&orderId={order['orderId']}&operatorId=1"
+                t0 = time.perf_counter()
+                async with s.delete(qs, headers=_headers("DELETE", qs)) as r:
+                    await r.read()
+                order_ms.append((time.perf_counter() - t0) * 1000)
+            t0 = time.perf_counter()
+            async with s.get("/v2/time") as r:
+                await r.read()
+            time_ms.append((time.perf_counter() - t0) * 1000)
+            await asyncio.sleep(max(t_next - loop.time(), 0))
+    return {"order": order_ms, "time": time_ms, "errors": [float(errors)]}
+
+
+# -- raw aiohttp broadcast baseline ---------------------------------------------------------------
+
+
+def _raw_server(port_out: Any, secs: float) -> None:
+    frame = json.dumps({"event": "book", "market": "BTC-EUR", "nonce": 1, "bids": [["60000", "0.1"]], "asks": [],
+                        "timestamp": 1})
+
+    async def handler(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        end = asyncio.get_running_loop().time() + secs + 2
+        while asyncio.get_running_loop().time() < end and not ws.closed:
+            for _ in range(100):
+                await ws.send_str(frame)
+            await asyncio.sleep(0)
+        await ws.close()
+        return ws
+
+    async def main() -> None:
+        app = web.Application()
+        app.router.add_get("/", handler)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port_out.put(site._server.sockets[0].getsockname()[1])
+        await asyncio.sleep(secs + 5)
+        await runner.cleanup()
+
+    asyncio.run(main())
+
+
+def _raw_rate(secs: float) -> float:
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    srv = ctx.Process(target=_raw_server, args=(q, secs), daemon=True)
+    srv.start()
+    port = q.get(timeout=30)
+
+    async def client() -> float:
+        async with aiohttp.ClientSession() as s, s.ws_connect(f"ws://127.0.0.1:{port}/") as ws:
+            loop = asyncio.get_running_loop()
+            await ws.receive(timeout=5)
+            n, t0 = 0, loop.time()
+            while loop.time() - t0 < secs:
+                msg = await ws.receive(timeout=5)
+                if msg.type != aiohttp.WSMsgType.TEXT:
+                    break
+                n += 1
+            return n / (loop.time() - t0)
+
+    rate = asyncio.run(client())
+    srv.terminate()
+    srv.join(5)
+    return rate
+
+
+# -- main ------------------------------------------------------------------------------------------
+
+
+def _machine() -> dict[str, Any]:
+    cpu = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        cpu = platform.processor()
+    return {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
+            "cpu_model": cpu, "aiohttp": aiohttp.__version__}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.sandbox")
+    ap.add_argument("--secs", type=float, default=10.0)
+    ap.add_argument("--activity", type=float, default=50.0, help="sandbox bench knob: trade-rate multiplier")
+    ap.add_argument("--markets", default="", help="'' = the engine's default set, 'all', or a list")
+    ap.add_argument("--pairs-per-s", type=float, default=20.0, help="order place+cancel pairs per second")
+    args = ap.parse_args(argv)
+
+    env = dict(os.environ, SANDBOX_API_KEY=KEY, SANDBOX_API_SECRET=SECRET, SANDBOX_EUR="1000000")
+    cmd = [sys.executable, "-m", "sandbox", "--port", "0", "--activity", str(args.activity), "--history-hours", "0.2",
+           "--log-level", "WARNING"]
+    if args.markets:
+        cmd += ["--markets", args.markets]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        rest = proc.stdout.readline().split()[1]
+        ws_url = proc.stdout.readline().split()[1]
+        base = rest[: -len("/v2")]
+
+        async def markets() -> list[str]:
+            async with aiohttp.ClientSession() as s, s.get(rest + "/markets") as r:
+                return [m["market"] for m in await r.json()]
+
+        mkts = asyncio.run(markets())
+        ctx = mp.get_context("spawn")
+        q = ctx.Queue()
+        warmup = 1.0
+        consumer = ctx.Process(target=_consume, args=(ws_url, mkts, args.secs, warmup, q), daemon=True)
+        consumer.start()
+        time.sleep(warmup)  # bench pacing, not test synchronisation: let the subscription settle
+        rtt = asyncio.run(_rtts(base, "BTC-EUR", args.secs, args.pairs_per_s))
+        ws_res = q.get(timeout=args.secs + 30)
+        consumer.join(10)
+        async def scrape() -> str:
+            async with aiohttp.ClientSession() as s, s.get(base + "/metrics") as r:
+                return await r.text()
+        metrics_text = asyncio.run(scrape())
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    raw = _raw_rate(min(args.secs, 5.0))
+
+    step = [ln for ln in metrics_text.splitlines() if ln.startswith("sandbox_step_duration_seconds_")]
+    step_sum = next((float(ln.split()[-1]) for ln in step if "_sum" in ln), 0.0)
+    step_count = next((float(ln.split()[-1]) for ln in step if "_count" in ln), 0.0)
+    res: dict[str, Any] = {
+        "ws_events_per_s": round(ws_res["events"] / ws_res["secs"], 1),
+        "ws_events_by_type": ws_res["by_event"],
+        "ws_markets": len(mkts),
+        "activity_knob": args.activity,
+        "duration_s": args.secs,
+        "order_rtt_p50_ms": round(statistics.median(rtt["order"]), 3),
+        "order_rtt_p99_ms": round(_pct(rtt["order"], 99), 3),
+        "order_rtt_max_ms": round(max(rtt["order"]), 3),
+        "order_requests": len(rtt["order"]),
+        "order_errors": int(rtt["errors"][0]),
+        "baseline_rtt_p50_ms": round(statistics.median(rtt["time"]), 3),
+        "baseline_rtt_p99_ms": round(_pct(rtt["time"], 99), 3),
+        "raw_ws_broadcast_per_s": round(raw, 1),
+        "server_step_mean_ms": round(1000 * step_sum / step_count, 3) if step_count else None,
+        "machine": _machine(),
+        "command": "python -m bench.sandbox " + " ".join(argv if argv is not None else sys.argv[1:]),
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(res, indent=2) + "\n")
+    print(f"sandbox bench: {len(mkts)} markets, activity knob x{args.activity} (raises simulated trade rate), "
+          f"{args.secs:.0f} s")
+    rows = [
+        ("ws_events_per_s", res["ws_events_per_s"], "target >= 20000"),
+        ("raw_ws_broadcast_per_s", res["raw_ws_broadcast_per_s"], "baseline: bare aiohttp, one fixed frame"),
+        ("order_rtt_p50_ms", res["order_rtt_p50_ms"], f"{res['order_requests']} REST place/cancel"),
+        ("order_rtt_p99_ms", res["order_rtt_p99_ms"], "target < 5 ms"),
+        ("baseline_rtt_p50_ms", res["baseline_rtt_p50_ms"], "GET /v2/time"),
+        ("baseline_rtt_p99_ms", res["baseline_rtt_p99_ms"], "GET /v2/time"),
+        ("server_step_mean_ms", res["server_step_mean_ms"], "engine step + fan-out per 50 ms tick"),
+    ]
+    for name, value, note in rows:
+        print(f"  {name:<24} {value!s:>12}   {note}")
+    print(f"  events by type: {res['ws_events_by_type']}")
+    print(f"wrote {RESULTS.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
