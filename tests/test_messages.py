@@ -105,6 +105,15 @@ def test_small_amounts_are_written_without_exponents() -> None:
     assert b'"bid":"0.00000001"' in data and b'"bid_size":"1000"' in data
 
 
+@given(st.text(max_size=40), st.text(max_size=10))
+def test_derived_ids_are_uuid5(parent: str, tag: str) -> None:
+    import uuid
+
+    from tradestack.messages import ID_NAMESPACE
+
+    assert derive_id(parent, tag) == str(uuid.uuid5(ID_NAMESPACE, f"{parent}/{tag}"))
+
+
 def test_derived_ids_are_stable_and_distinct() -> None:
     assert derive_id("a", "out") == derive_id("a", "out")
     assert derive_id("a", "out") != derive_id("a", "intent") != derive_id("b", "out")

@@ -121,11 +121,6 @@ class Delivery:
 Handler = Callable[[Message, Delivery], Iterable[Output] | Awaitable[Iterable[Output]]]
 
 
-def _id_key(entry_id: str) -> tuple[int, int]:
-    ms, _, seq = entry_id.partition("-")
-    return int(ms), int(seq or 0)
-
-
 def consumer_name() -> str:
     """host:pid, so instances on several hosts share one group (DESIGN §2)."""
     return f"{socket.gethostname()}:{os.getpid()}"
@@ -212,6 +207,19 @@ class ConsumerLoop:
         self._backoff = Backoff(0.1, 5.0)
         self._healthy: bool | None = None
         self._children: dict[tuple[str, str, str], Any] = {}  # labels() is slow on the hot path
+        self._inflight: asyncio.Future[None] | None = None  # the commit of the previous batch
+
+    def _drop_inflight(self) -> None:
+        inflight, self._inflight = self._inflight, None
+        if inflight is not None:
+            # Its outcome no longer matters (Redis went away); retrieve it so asyncio stays quiet.
+            inflight.add_done_callback(lambda f: f.cancelled() or f.exception())
+
+    async def flush(self) -> None:
+        """Wait for the commit in flight, if any (its errors surface here)."""
+        inflight, self._inflight = self._inflight, None
+        if inflight is not None:
+            await inflight
 
     def _metric(self, name: str, stream: str, outcome: str = "") -> Any:
         key = (name, stream, outcome)
@@ -226,6 +234,16 @@ class ConsumerLoop:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Until ``stop`` is set: read, handle, commit. Redis outages degrade, never crash."""
+        try:
+            await self._run(stop)
+        finally:
+            try:
+                await self.flush()  # the batch in hand is committed (acked) before we return
+            except REDIS_DOWN as exc:
+                log.warning("final_commit_failed", group=self.group, error=f"{type(exc).__name__}: {exc}",
+                            note="its entries stay pending and are handled again")
+
+    async def _run(self, stop: asyncio.Event) -> None:
         needs_setup = True
         while not stop.is_set():
             try:
@@ -241,10 +259,17 @@ class ConsumerLoop:
                 if now - self._last_metrics >= self.config.metrics_every_s:
                     self._last_metrics = now
                     await self.refresh_group_metrics()
-                await self.read_once(">", block_ms=self.config.block_ms)
+                if self._inflight is not None:
+                    # Never block while a commit is in flight: read what is there (overlapping the
+                    # commit), and when nothing is, settle the commit so its errors surface now.
+                    if not await self.read_once(">", block_ms=None, overlap=True):
+                        await self.flush()
+                else:
+                    await self.read_once(">", block_ms=self.config.block_ms, overlap=True)
                 self._backoff.reset()
             except REDIS_DOWN as exc:
                 needs_setup = True
+                self._drop_inflight()  # its entries stay pending; the own-pending drain redoes them
                 self.metrics.redis_errors.inc()
                 self._set_health(False, exc)
                 await _wait(stop, self._backoff.next_delay())
@@ -312,7 +337,7 @@ class ConsumerLoop:
     # -- reading and handling ----------------------------------------------------------
 
     async def read_once(self, start: str | Mapping[str, str], block_ms: int | None,
-                        check_deliveries: bool = False) -> dict[str, str]:
+                        check_deliveries: bool = False, overlap: bool = False) -> dict[str, str]:
         """One XREADGROUP; returns the last entry id read per stream (empty when nothing came)."""
         ids = {s: start for s in self.streams} if isinstance(start, str) else dict(start)
         resp = await self.redis.xreadgroup(self.group, self.consumer, ids,  # type: ignore[arg-type]
@@ -327,11 +352,16 @@ class ConsumerLoop:
             if entries:
                 name = _s(stream)
                 last[name] = _s(entries[-1][0])
-                await self.process(name, entries, check_deliveries=check_deliveries)
+                await self.process(name, entries, check_deliveries=check_deliveries, overlap=overlap)
         return last
 
-    async def process(self, stream: str, entries: Sequence[tuple[Any, Any]], check_deliveries: bool = False) -> None:
-        """Decode, handle and commit one batch of entries from one stream."""
+    async def process(self, stream: str, entries: Sequence[tuple[Any, Any]], check_deliveries: bool = False,
+                      overlap: bool = False) -> None:
+        """Decode, handle and commit one batch of entries from one stream.
+
+        With ``overlap`` the commit is left running while the caller reads and handles the next
+        batch (Python and Redis work at the same time); commits still happen one after another,
+        in order, and ``flush()`` waits for the last one."""
         deliveries = await self._delivery_counts(stream, entries) if check_deliveries else {}
         debug = log.isEnabledFor(logging.DEBUG)  # once per batch: the hot path pays nothing at INFO
         batch: list[tuple[str, str, list[tuple[str, Mapping[Any, Any]]]]] = []
@@ -378,8 +408,13 @@ class ConsumerLoop:
             if debug:
                 log.debug("message_handled", stream=stream, entry_id=entry_id, msg_id=msg.id, type=msg.TYPE,
                           trace_id=msg.trace.id, outputs=len(outputs), deliveries=count)
+        await self.flush()
         if batch:
-            await self._commit_batch(stream, batch)
+            commit = self._commit_batch(stream, batch)
+            if overlap:
+                self._inflight = asyncio.ensure_future(commit)
+            else:
+                await commit
         if newest_ts:
             self._metric("last_event", stream).set(newest_ts / 1000.0)
 
@@ -405,8 +440,8 @@ class ConsumerLoop:
     async def _commit_batch(self, stream: str, batch: list[tuple[str, str, list[tuple[str, Mapping[Any, Any]]]]]) -> None:
         keys = [stream]
         key_index: dict[str, int] = {}
-        ids = [entry[0] for entry in batch]
-        first, last = min(ids, key=_id_key), max(ids, key=_id_key)
+        # XREADGROUP and XAUTOCLAIM return ids in ascending order.
+        first, last = batch[0][0], batch[-1][0]
         # The PEL range may also hold this consumer's older failures: room for them too.
         args: list[Any] = [self.group, self.consumer, self.config.dedupe_ttl_s, len(batch), first, last,
                            2 * len(batch) + 1000]
@@ -425,20 +460,27 @@ class ConsumerLoop:
                 for k, v in fields.items():
                     args += [k, v]
         statuses = await self._commit(keys=keys, args=args)
+        outcomes: dict[str, int] = {}
+        published: dict[str, int] = {}
         for (entry_id, dedupe, outputs), status in zip(batch, statuses):
-            is_dlq = bool(outputs) and outputs[0][0].endswith(streams.DLQ_SUFFIX)
             if status == 1:
-                outcome = "dlq" if is_dlq else "ok"
+                outcome = "dlq" if outputs and outputs[0][0].endswith(streams.DLQ_SUFFIX) else "ok"
                 for out_stream, _ in outputs:
-                    self._metric("published", out_stream).inc()
+                    published[out_stream] = published.get(out_stream, 0) + 1
             elif status == 2:
                 outcome = "duplicate"
                 log.info("duplicate_dropped", stream=stream, entry_id=entry_id, dedupe_key=dedupe)
             else:
                 outcome = "skipped"
                 log.warning("entry_claimed_by_other_consumer", stream=stream, entry_id=entry_id)
-            self._last_error.pop(entry_id, None)
-            self._metric("messages", stream, outcome).inc()
+            if self._last_error:
+                self._last_error.pop(entry_id, None)
+            outcomes[outcome] = outcomes.get(outcome, 0) + 1
+        # Counted once per batch: per-message increments were a measurable share of the loop.
+        for outcome, n in outcomes.items():
+            self._metric("messages", stream, outcome).inc(n)
+        for out_stream, n in published.items():
+            self._metric("published", out_stream).inc(n)
 
     # -- taking over from dead consumers -------------------------------------------------
 

@@ -12,6 +12,7 @@ SIGTERM: stop reading, finish the batch in hand (commit = ack), flush, exit 0 wi
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import signal
 import socket
@@ -32,6 +33,7 @@ from tradestack.redis_conn import connect_from_settings
 
 log = get_logger(__name__)
 
+GC_GEN0_THRESHOLD = 50_000
 STOP_BUDGET_S = 4.0  # of the 5 s a SIGTERM allows; the rest is for closing connections
 
 
@@ -189,6 +191,10 @@ class Service:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop, sig.name)
 
+        # Latency: objects alive after start-up never need collecting; move them out of the GC's
+        # view, and collect the young generation less often (fewer ms-scale pauses on the hot path).
+        gc.freeze()
+        gc.set_threshold(GC_GEN0_THRESHOLD, 20, 20)
         tasks = {asyncio.create_task(self._watch_kill_switch(), name="kill_switch"),
                  asyncio.create_task(self._heartbeat(), name="heartbeat")}
         for cl in self._loops:
