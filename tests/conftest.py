@@ -84,6 +84,22 @@ def spawn(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
                             stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
 
 
+@pytest.fixture(scope="session")
+def sandbox_env() -> Iterator[dict[str, str]]:
+    """A sandbox exchange (in a thread of the test process) and the env that points a process at it."""
+    from sandbox.engine import SandboxConfig
+    from sandbox.server.runner import SandboxThread
+    from sandbox.server.settings import SandboxSettings
+
+    thread = SandboxThread(SandboxConfig(markets=["BTC-EUR", "ETH-EUR"], history_hours=1.0),
+                           SandboxSettings(markets="BTC-EUR,ETH-EUR", history_hours=1.0))
+    sb = thread.start()
+    try:
+        yield {"BITVAVO_REST_URL": sb.rest_url, "BITVAVO_WS_URL": sb.ws_url}
+    finally:
+        thread.stop()
+
+
 @pytest.fixture
 def free_tcp_port() -> int:
     return free_port()

@@ -61,9 +61,11 @@ def stop(proc: subprocess.Popen[bytes], timeout_s: float = 5.0) -> tuple[int, st
 
 @pytest.mark.parametrize("service,args", COMMANDS, ids=[" ".join(a) for _, a in COMMANDS])
 def test_process_starts_serves_metrics_heartbeats_and_stops(service: str, args: list[str], redis_url: str,
-                                                            rclient: redis.Redis) -> None:
+                                                            rclient: redis.Redis, sandbox_env: dict[str, str],
+                                                            tmp_path) -> None:  # type: ignore[no-untyped-def]
     port = free_port()
-    proc = spawn(args, {"REDIS_URL": redis_url, "METRICS_PORT": str(port), "HEARTBEAT_EVERY_S": "0.2"})
+    proc = spawn(args, {"REDIS_URL": redis_url, "METRICS_PORT": str(port), "HEARTBEAT_EVERY_S": "0.2",
+                        "PARQUET_DIR": str(tmp_path / "parquet"), **sandbox_env})
     try:
         prefix = PREFIX[service]
         text = wait_until(lambda: (t := scrape(port)) and f'{prefix}_state{{state="running"}} 1.0' in t and t,
