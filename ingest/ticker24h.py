@@ -1,17 +1,16 @@
-"""`python -m ingest.ticker24h`: Bitvavo WS ticker24h → bitvavo:ticker24h (DESIGN §1, §6).
-
-Runs the shared runtime (metrics, heartbeat, kill switch, SIGTERM); the WS feed and the
-Parquet sink arrive with the ingest issue.
-"""
+"""`python -m ingest.ticker24h`: Bitvavo WS ticker24h → bitvavo:ticker24h (one entry per market update)
+and Parquet under ticker24h/ (DESIGN §1, §6)."""
 
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 from pydantic import Field
 
-from ingest.common import METRICS_PREFIX, IngestSettings
+from ingest.common import METRICS_PREFIX, IngestSettings, wire
 from tradestack import streams
+from tradestack.bitvavo.feeds import TickerFeed
 from tradestack.service import Service, run_service
 
 NAME = "ingest_ticker24h"
@@ -23,7 +22,10 @@ class Settings(IngestSettings):
 
 
 def setup(service: Service) -> None:
-    """Register the feed task (none yet)."""
+    def make_feed(rest: Any, **kw: Any) -> TickerFeed:
+        return TickerFeed(**kw)
+
+    wire(service, make_feed)
 
 
 def main() -> int:

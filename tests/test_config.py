@@ -34,10 +34,14 @@ def test_env_example_documents_every_setting_with_a_comment() -> None:
             if field.upper() not in documented:
                 missing.setdefault(path, []).append(field.upper())
     assert not missing, f".env.example lacks: {missing}"
+    # Every variable belongs to a group of lines headed by a comment.
     lines = text.splitlines()
     for i, line in enumerate(lines):
         if re.match(r"^[A-Z][A-Z0-9_]+=", line):
-            assert lines[i - 1].startswith("#"), f"{line!r} has no comment line above it"
+            j = i - 1
+            while j >= 0 and re.match(r"^[A-Z][A-Z0-9_]+=", lines[j]):
+                j -= 1
+            assert j >= 0 and lines[j].startswith("#"), f"{line!r} has no comment above its group"
 
 
 def test_defaults_are_safe(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -126,6 +126,7 @@ class ParquetSink:
         self.retention_days = retention_days
         self.fsync = fsync
         self._open: dict[str, tuple[Path, Any]] = {}  # kind → (path, file)
+        self._paths: dict[tuple[str, int], Path] = {}
         self._lock = threading.Lock()  # writer (event loop) vs compactor (a worker thread)
         self.rows_written: dict[str, int] = {}
         self.bytes_written: dict[str, int] = {}
@@ -134,8 +135,14 @@ class ParquetSink:
     # -- writing ---------------------------------------------------------------------------
 
     def path_for(self, kind: str, recv_ms: int) -> Path:
-        day, hour = day_hour(recv_ms)
-        return self.root / day / kind / f"{hour:02d}.jsonl"
+        key = (kind, recv_ms // HOUR_MS)
+        path = self._paths.get(key)
+        if path is None:
+            if len(self._paths) > 1000:
+                self._paths.clear()
+            day, hour = day_hour(recv_ms)
+            path = self._paths[key] = self.root / day / kind / f"{hour:02d}.jsonl"
+        return path
 
     def _file(self, kind: str, path: Path) -> Any:
         cur = self._open.get(kind)
@@ -164,7 +171,7 @@ class ParquetSink:
         last_kind, last_path, fh = None, None, None
         for kind, recv_ms, data in rows:
             path = self.path_for(kind, recv_ms)
-            if kind != last_kind or path != last_path:
+            if kind != last_kind or path is not last_path:
                 fh = self._file(kind, path)
                 last_kind, last_path = kind, path
                 touched[id(fh)] = fh

@@ -22,7 +22,7 @@ def naive_apply(model: dict[Decimal, Decimal], levels: list[list[str]]) -> None:
             model[Decimal(p)] = Decimal(s)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(st.lists(st.tuples(LEVELS, LEVELS), max_size=40))
 def test_book_matches_naive_model(events: list[tuple[list[list[str]], list[list[str]]]]) -> None:
     book = OrderBook("BTC-EUR")
@@ -55,7 +55,7 @@ def test_mid_and_spread() -> None:
     assert mid == Decimal("100") and bps == Decimal("200.0000")
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(st.lists(st.tuples(LEVELS, LEVELS), min_size=1, max_size=30), st.data())
 def test_resync_recipe_reaches_the_exchange_book(events, data) -> None:
     """Exchange-side truth vs our sync fed with: events before the snapshot, the snapshot taken at

@@ -93,3 +93,9 @@ def test_candles() -> None:
 def test_trading_markets() -> None:
     assert trading_markets([{"market": "B-EUR", "status": "trading"}, {"market": "A-EUR", "status": "trading"},
                             {"market": "H-EUR", "status": "halted"}]) == ["A-EUR", "B-EUR"]
+
+
+def test_fast_derive_id_is_derive_id() -> None:
+    from tradestack.bitvavo.parse import fast_derive_id
+    for parent, tag in [("a", ""), ("book/BTC-EUR/1/2", "delta"), ("ünï", "top")]:
+        assert fast_derive_id(parent, tag) == derive_id(parent, tag)

@@ -14,10 +14,12 @@ at once (latency). ``full`` tells the reader to pause when Redis cannot keep up.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from time import perf_counter
-from typing import Callable, Mapping
+from typing import Any, Callable, Mapping
 
 import redis.asyncio as aioredis
+from redis.exceptions import NoScriptError, ResponseError
 
 from tradestack import streams
 from tradestack.backoff import Backoff
@@ -30,15 +32,48 @@ log = get_logger(__name__)
 # (stream or None for disk-only rows, type, data, dataset kind, recv_ms, receive perf_counter)
 Row = tuple[str | None, bytes, bytes, str, int, float]
 
+# One round trip and one reply per batch: KEYS = the stream of each entry, ARGV = per entry
+# maxlen ('0' = no trim), type, data. (XADD with '*' in a script is replicated by effects.)
+XADD_BATCH_LUA = """
+for i = 1, #KEYS do
+  local j = 3 * i - 2
+  if ARGV[j] == '0' then
+    redis.call('XADD', KEYS[i], '*', 'type', ARGV[j + 1], 'data', ARGV[j + 2])
+  else
+    redis.call('XADD', KEYS[i], 'MAXLEN', '~', ARGV[j], '*', 'type', ARGV[j + 1], 'data', ARGV[j + 2])
+  end
+end
+return #KEYS
+"""
+XADD_BATCH_SHA = hashlib.sha1(XADD_BATCH_LUA.encode()).hexdigest().encode()
+MAX_SCRIPT_ENTRIES = 5_000
+
+
+def _bulk(b: bytes) -> bytes:
+    return b"$%d\r\n%s\r\n" % (len(b), b)
+
+
+def pack_xadd_batch(entries: list[tuple[bytes, bytes, bytes, bytes]]) -> bytes:
+    """RESP for ``EVALSHA <sha> n key... (maxlen type data)...``: packed here, because
+    redis-py's per-argument packing was the largest cost of the hot path (bench/ingest.py)."""
+    n = len(entries)
+    parts = [b"*%d\r\n$7\r\nEVALSHA\r\n$40\r\n%s\r\n" % (3 + 4 * n, XADD_BATCH_SHA), _bulk(b"%d" % n)]
+    parts.extend(_bulk(e[0]) for e in entries)
+    for _, maxlen, mtype, data in entries:
+        parts.append(b"$%d\r\n%s\r\n$%d\r\n%s\r\n$%d\r\n" % (len(maxlen), maxlen, len(mtype), mtype, len(data)))
+        parts.append(data)
+        parts.append(b"\r\n")
+    return b"".join(parts)
+
 
 class Emitter:
     def __init__(self, redis: aioredis.Redis, sink: ParquetSink, *, maxlen: Mapping[str, int] | None = None,
-                 max_pending: int = 50_000, metrics: "object | None" = None,
+                 max_pending: int = 2_000, metrics: "object | None" = None,
                  on_redis: Callable[[bool], None] | None = None) -> None:
         self.redis = redis
         self.sink = sink
         self._maxlen_over = dict(maxlen or {})
-        self._maxlen: dict[str, int | None] = {}
+        self._maxlen: dict[str, tuple[bytes, bytes]] = {}
         self.max_pending = max_pending
         self.metrics = metrics
         self.on_redis = on_redis
@@ -65,16 +100,39 @@ class Emitter:
     async def wait_room(self) -> None:
         await self._room.wait()
 
+    def backpressure(self) -> "asyncio.Future[Any] | None":
+        """For the WS reader: an awaitable while full, else None."""
+        return self._room.wait() if not self._room.is_set() else None  # type: ignore[return-value]
+
     async def drained(self) -> None:
         """Until everything emitted so far is on disk and in Redis."""
         await self._idle.wait()
 
-    def _limit(self, stream: str) -> int | None:
-        limit = self._maxlen.get(stream, -1)
-        if limit == -1:
-            limit = streams.maxlen_for(stream, self._maxlen_over) or None
-            self._maxlen[stream] = limit
-        return limit
+    def _limit(self, stream: str) -> tuple[bytes, bytes]:
+        cached = self._maxlen.get(stream)
+        if cached is None:
+            cached = self._maxlen[stream] = (stream.encode(), b"%d" % streams.maxlen_for(stream, self._maxlen_over))
+        return cached
+
+    async def _xadd(self, entries: list[tuple[bytes, bytes, bytes, bytes]]) -> None:
+        pool = self.redis.connection_pool
+        for i in range(0, len(entries), MAX_SCRIPT_ENTRIES):
+            packed = pack_xadd_batch(entries[i:i + MAX_SCRIPT_ENTRIES])
+            for attempt in (1, 2):
+                conn = await pool.get_connection()
+                try:
+                    await conn.send_packed_command(packed, check_health=True)
+                    await conn.read_response()
+                    break
+                except ResponseError as exc:
+                    if attempt == 2 or not (isinstance(exc, NoScriptError) or "NOSCRIPT" in str(exc)):
+                        raise
+                    await self.redis.script_load(XADD_BATCH_LUA)  # first use, or Redis restarted
+                except BaseException:
+                    await conn.disconnect()
+                    raise
+                finally:
+                    await pool.release(conn)
 
     async def run(self, stop: asyncio.Event, drain_s: float = 3.0) -> None:
         """Write batches until ``stop`` is set and everything queued is written (or ``drain_s`` passed)."""
@@ -102,14 +160,10 @@ class Emitter:
         backoff = Backoff(0.05, 2.0)
         while True:  # 2. Redis, retried until it takes the batch (the rows are already on disk)
             try:
-                pipe = self.redis.pipeline(transaction=False)
-                n = 0
-                for stream, mtype, data, _, _, _ in batch:
-                    if stream is not None:
-                        pipe.xadd(stream, {b"type": mtype, b"data": data}, maxlen=self._limit(stream), approximate=True)
-                        n += 1
-                if n:
-                    await pipe.execute()
+                limit = self._limit
+                entries = [(*limit(stream), mtype, data) for stream, mtype, data, _, _, _ in batch if stream is not None]
+                if entries:
+                    await self._xadd(entries)
                 if self.on_redis:
                     self.on_redis(True)
                 break

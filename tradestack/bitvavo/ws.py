@@ -41,7 +41,8 @@ class BitvavoWs:
                  on_state: Callable[[bool], None] | None = None,
                  on_unexpected: Callable[[str], None] | None = None,
                  quiet_s: float = 30.0, ping_every_s: float = 15.0, backoff: Backoff | None = None,
-                 clock: Clock = SYSTEM_CLOCK, session: aiohttp.ClientSession | None = None) -> None:
+                 clock: Clock = SYSTEM_CLOCK, session: aiohttp.ClientSession | None = None,
+                 backpressure: "Callable[[], Any] | None" = None, yield_every: int = 64) -> None:
         self.url = url
         self.on_event = on_event  # (frame, receive perf_counter) for every {"event": ...} frame
         self.on_connected = on_connected
@@ -53,6 +54,9 @@ class BitvavoWs:
         self.clock = clock
         self._session = session
         self.subs: dict[SubKey, set[str]] = {}
+        # Called after frames; returns an awaitable while the consumer (the emitter) is full.
+        self.backpressure = backpressure
+        self.yield_every = yield_every  # let the writer run at least this often under a burst
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self.connected = False
         self.connects = 0
@@ -147,12 +151,21 @@ class BitvavoWs:
             self._last_rx = self.clock.monotonic()
             watchdog = asyncio.create_task(self._watchdog(ws, stop), name="ws-watchdog")
             got_data = False
+            since_yield = 0
+            backpressure = self.backpressure
             try:
                 while True:
                     msg = await ws.receive()
                     self._last_rx = self.clock.monotonic()
                     if msg.type == aiohttp.WSMsgType.TEXT:
                         self._on_text(msg.data)
+                        since_yield += 1
+                        if since_yield >= self.yield_every:
+                            # A burst is read from the buffer without suspending: hand over to the
+                            # writer now and then (latency), and wait when it is full (memory).
+                            since_yield = 0
+                            waiter = backpressure() if backpressure is not None else None
+                            await (waiter if waiter is not None else asyncio.sleep(0))
                         if not got_data:
                             got_data = True
                             self.backoff.reset()  # a connection that delivered data resets the backoff

@@ -1,0 +1,291 @@
+"""Candle feed: WS ``candles`` updates, closed when their period is over, REST backfill at start
+and after every reconnect.
+
+Per (market, interval) the feed keeps the newest closed candle published (``last_closed``) and
+the candle still forming (``current``). A candle is published ``closed`` exactly once:
+
+- when the WS shows the next period's candle, or when the clock passes its period end plus a
+  grace (no trade since: Bitvavo sends nothing for a period without trades);
+- or by the backfill, which asks ``GET /{market}/candles`` from ``last_closed`` + one period to now.
+
+While a (market, interval) waits for its backfill, WS closes for it are deferred to the
+backfill, so closed candles are published in order and ``last_closed`` never jumps a hole.
+
+No endless re-fetch: a period without trades simply has no candle; each backfill pass asks
+each (market, interval) once (a full page pages backwards, always moving ``end`` back), and only
+a reconnect starts a new pass. Requests go through the REST client's rate budget.
+
+On start, the newest entries of each ``bitvavo:candles:<interval>`` stream are read back to
+learn ``last_closed`` per market, so a restart publishes no closed candle twice and misses none.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from datetime import datetime, timezone
+from time import perf_counter
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from tradestack import streams
+from tradestack.bitvavo import parse
+from tradestack.bitvavo.feeds import Feed
+from tradestack.bitvavo.rest import BitvavoRest, RestError
+from tradestack.bus import REDIS_DOWN
+from tradestack.logs import get_logger
+from tradestack.messages import CandleUpdated, decode, encode_data
+from tradestack.errors import PoisonMessage
+
+log = get_logger(__name__)
+
+MINUTE = 60_000
+WIDTH_MS = {"1m": MINUTE, "5m": 5 * MINUTE, "15m": 15 * MINUTE, "30m": 30 * MINUTE, "1h": 60 * MINUTE,
+            "2h": 120 * MINUTE, "4h": 240 * MINUTE, "6h": 360 * MINUTE, "8h": 480 * MINUTE, "12h": 720 * MINUTE,
+            "1d": 1440 * MINUTE, "1W": 7 * 1440 * MINUTE}
+_MONDAY = 4 * 1440 * MINUTE  # 1970-01-05 was a Monday
+REST_LIMIT = 1440
+Key = tuple[str, str]  # (market, interval)
+
+
+def period_start(interval: str, ts: int) -> int:
+    if interval == "1M":
+        d = datetime.fromtimestamp(ts / 1000, tz=timezone.utc)
+        return int(datetime(d.year, d.month, 1, tzinfo=timezone.utc).timestamp() * 1000)
+    if interval == "1W":
+        return ts - (ts - _MONDAY) % WIDTH_MS["1W"]
+    return ts - ts % WIDTH_MS[interval]
+
+
+def period_end(interval: str, open_ts: int) -> int:
+    """The first millisecond after the period that starts at ``open_ts``."""
+    if interval == "1M":
+        d = datetime.fromtimestamp(open_ts / 1000, tz=timezone.utc)
+        nxt = datetime(d.year + (d.month == 12), d.month % 12 + 1, 1, tzinfo=timezone.utc)
+        return int(nxt.timestamp() * 1000)
+    return open_ts + WIDTH_MS[interval]
+
+
+def periods_back(interval: str, now: int, n: int) -> int:
+    start = period_start(interval, now)
+    for _ in range(n):
+        start = period_start(interval, start - 1)
+    return start
+
+
+class CandleFeed(Feed):
+    channel = "candles"
+    _TYPE = CandleUpdated.TYPE.encode()
+
+    def __init__(self, *, rest: BitvavoRest, intervals: list[str], redis: aioredis.Redis | None = None,
+                 close_grace_ms: int = 2_000, backfill_periods: int = 60, scan_entries: int = 50_000,
+                 close_check_s: float = 0.5, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.rest = rest
+        self.intervals = list(intervals)
+        self.redis = redis
+        self.close_grace_ms = close_grace_ms
+        self.backfill_periods = backfill_periods
+        self.scan_entries = scan_entries
+        self.close_check_s = close_check_s
+        self.last_closed: dict[Key, int] = {}
+        self.current: dict[Key, parse.Candle] = {}
+        self.pending: set[Key] = set()  # waiting for a backfill
+        self._queue: deque[Key] = deque()
+        self._work = asyncio.Event()
+        self._loaded = asyncio.Event()
+        self.backfill_requests = 0
+
+    # -- subscriptions ---------------------------------------------------------------------
+
+    async def subscribe(self, markets: set[str]) -> None:
+        assert self.ws is not None
+        for iv in self.intervals:
+            await self.ws.subscribe("candles", markets, iv)
+
+    async def unsubscribe(self, markets: set[str]) -> None:
+        assert self.ws is not None
+        for iv in self.intervals:
+            await self.ws.unsubscribe("candles", markets, iv)
+
+    def track(self, markets: set[str]) -> None:
+        for m in sorted(markets):
+            for iv in self.intervals:
+                self._request_backfill((m, iv))
+
+    def forget(self, markets: set[str]) -> None:
+        for key in [k for k in self.current if k[0] in markets]:
+            del self.current[key]
+        self.pending = {k for k in self.pending if k[0] not in markets}
+
+    def on_connected(self) -> None:
+        # Whatever happened while we were away is fetched again, per (market, interval), once.
+        for m in sorted(self.markets):
+            for iv in self.intervals:
+                self._request_backfill((m, iv))
+
+    def _request_backfill(self, key: Key) -> None:
+        if key not in self.pending:
+            self.pending.add(key)
+            self._queue.append(key)
+            self._work.set()
+
+    # -- publishing ------------------------------------------------------------------------
+
+    def _publish(self, c: parse.Candle, closed: bool, t0: float) -> None:
+        now = self.clock.now_ms()
+        msg = parse.candle_message(c, closed, now, self.src)
+        self.emitter.emit(streams.candles(c.interval), self._TYPE, encode_data(msg), f"candles/{c.interval}", now, t0)
+        if closed:
+            self.last_closed[(c.market, c.interval)] = c.open_ts
+            if self.metrics is not None:
+                self.metrics.candles_closed.labels(interval=c.interval).inc()
+
+    def on_event(self, frame: dict[str, Any], t0: float) -> None:
+        if frame.get("event") != "candle":
+            raise ValueError(f"unexpected event {frame.get('event')!r} on the candles feed")
+        for c in parse.parse_candle_event(frame):
+            key = (c.market, c.interval)
+            if c.market not in self.markets or c.interval not in self.intervals:
+                continue
+            self.count(f"candles:{c.interval}", c.market)
+            if c.open_ts <= self.last_closed.get(key, -1):
+                continue  # already closed and published
+            cur = self.current.get(key)
+            if cur is not None and c.open_ts < cur.open_ts:
+                continue  # an older period's late update
+            if cur is not None and c.open_ts > cur.open_ts and key not in self.pending:
+                self._publish(cur, True, t0)  # the next period started: the previous one is over
+            self.current[key] = c
+            self._publish(c, False, t0)
+
+    def close_due(self) -> int:
+        """Close forming candles whose period (plus grace) is over (no WS update since)."""
+        if not self.connected.is_set():
+            return 0  # while down we may have missed trades: the backfill after reconnect closes them
+        now = self.clock.now_ms()
+        closed = 0
+        for key, c in list(self.current.items()):
+            if key in self.pending:
+                continue
+            if period_end(c.interval, c.open_ts) + self.close_grace_ms <= now:
+                self._publish(c, True, perf_counter())
+                del self.current[key]
+                closed += 1
+        return closed
+
+    # -- backfill --------------------------------------------------------------------------
+
+    async def backfill(self, key: Key) -> int:
+        market, iv = key
+        now = self.clock.now_ms()
+        last = self.last_closed.get(key)
+        start = period_end(iv, last) if last is not None else periods_back(iv, now, self.backfill_periods)
+        published = 0
+        rows: list[parse.Candle] = []
+        end = now
+        while start <= end:  # newest first, `limit` per page: page backwards until the range is covered
+            answer = await self.rest.candles(market, iv, start=start, end=end, limit=REST_LIMIT)
+            self.backfill_requests += 1
+            page = parse.parse_rest_candles(market, iv, answer)
+            rows.extend(page)
+            if len(page) < REST_LIMIT:
+                break
+            end = page[0].open_ts - 1  # always moves back: finite, even across periods without trades
+        rows.sort(key=lambda c: c.open_ts)
+        t0 = perf_counter()
+        now = self.clock.now_ms()
+        for c in rows:
+            if c.open_ts <= self.last_closed.get(key, -1):
+                continue
+            if period_end(iv, c.open_ts) + self.close_grace_ms <= now:
+                self._publish(c, True, t0)
+                published += 1
+                if self.metrics is not None:
+                    self.metrics.candles_backfilled.labels(interval=iv).inc()
+                cur = self.current.get(key)
+                if cur is not None and cur.open_ts <= c.open_ts:
+                    del self.current[key]
+            else:
+                cur = self.current.get(key)
+                if cur is None or cur.open_ts <= c.open_ts:
+                    self.current[key] = c
+                    self._publish(c, False, t0)
+        return published
+
+    async def _backfill_worker(self, stop: asyncio.Event) -> None:
+        await self._loaded.wait()
+        while not stop.is_set():
+            if not self._queue or not self.connected.is_set():
+                self._work.clear()
+                await (self.connected.wait() if not self.connected.is_set() else self._work.wait())
+                continue
+            # Shortest interval first: its candles are due soonest.
+            key = min(self._queue, key=lambda k: WIDTH_MS.get(k[1], 10**12))
+            self._queue.remove(key)
+            if key[0] not in self.markets:
+                self.pending.discard(key)
+                continue
+            try:
+                await self.backfill(key)
+            except (RestError, parse.ParseError) as exc:
+                log.warning("candle_backfill_failed", market=key[0], interval=key[1], error=str(exc))
+                self._queue.append(key)  # once more in this pass, after the others
+                await asyncio.sleep(1.0)
+                continue
+            if key not in self._queue:
+                self.pending.discard(key)
+
+    async def load_published(self) -> None:
+        """Learn the newest closed candle per (market, interval) from the streams (restart safety)."""
+        if self.redis is None:
+            return
+        for iv in self.intervals:
+            stream = streams.candles(iv)
+            end = b"+"
+            seen = 0
+            while seen < self.scan_entries:
+                entries = await self.redis.xrevrange(stream, max=end, min=b"-", count=2000)
+                if not entries:
+                    break
+                for entry_id, fields in entries:
+                    try:
+                        msg = decode(fields)
+                    except PoisonMessage:
+                        continue
+                    if isinstance(msg, CandleUpdated) and msg.closed:
+                        key = (msg.market, msg.interval)
+                        if msg.open_ts > self.last_closed.get(key, -1):
+                            self.last_closed[key] = msg.open_ts
+                seen += len(entries)
+                last_id = entries[-1][0]
+                last_id = last_id.decode() if isinstance(last_id, bytes) else last_id
+                end = ("(" + last_id).encode()
+                if self.markets and all((m, iv) in self.last_closed for m in self.markets):
+                    break
+        log.info("candles_resumed", known=len(self.last_closed))
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                await self.load_published()
+                break
+            except REDIS_DOWN as exc:
+                log.warning("candles_resume_failed", error=f"{type(exc).__name__}: {exc}")
+                try:
+                    await asyncio.wait_for(stop.wait(), timeout=1.0)
+                except asyncio.TimeoutError:
+                    pass
+        self._loaded.set()
+        worker = asyncio.create_task(self._backfill_worker(stop), name="candle-backfill")
+        try:
+            while not stop.is_set():
+                try:
+                    await asyncio.wait_for(stop.wait(), timeout=self.close_check_s)
+                except asyncio.TimeoutError:
+                    pass
+                self.close_due()
+        finally:
+            worker.cancel()
+            await asyncio.gather(worker, return_exceptions=True)
