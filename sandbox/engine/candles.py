@@ -115,19 +115,24 @@ class CandleSeries:
 class CandleSet:
     def __init__(self, cap: int) -> None:
         self.series = {iv: CandleSeries(iv, cap) for iv in INTERVALS}
-        self.dirty: set[str] = set()
+        # interval -> period starts touched since the last drain: a step can span a period boundary,
+        # and Bitvavo sends a candle event after every trade, so each touched period gets its event.
+        self.dirty: dict[str, set[int]] = {}
 
     def add(self, ts: int, price: Decimal, amount: Decimal) -> None:
-        for series in self.series.values():
+        for iv, series in self.series.items():
             series.add(ts, price, amount)
-        self.dirty.update(INTERVALS)
+            self.dirty.setdefault(iv, set()).add(series._cur_start)  # the period this trade fell in
 
     def take_dirty(self) -> list[tuple[str, list]]:
         out = []
         for iv in INTERVALS:
-            if iv in self.dirty:
-                row = self.series[iv].latest_json()
-                if row is not None:
-                    out.append((iv, row))
+            starts = self.dirty.get(iv)
+            if not starts:
+                continue
+            rows = self.series[iv].rows
+            for start in sorted(starts):
+                if start in rows:
+                    out.append((iv, CandleSeries.row_json(start, rows[start])))
         self.dirty.clear()
         return out
