@@ -11,7 +11,7 @@ from pydantic import Field, field_validator
 from ingest.common import METRICS_PREFIX, IngestSettings, wire
 from tradestack import streams
 from tradestack.bitvavo.candles import CandleFeed
-from tradestack.config import CsvList, split_csv
+from tradestack.config import CsvList
 from tradestack.service import Service, run_service
 
 NAME = "ingest_candles"
@@ -24,11 +24,6 @@ class Settings(IngestSettings):
     candle_close_grace_ms: int = Field(2_000, ge=0)  # wait this long after a period for late updates
     candle_backfill_periods: int = Field(60, ge=1, le=1440)  # how far back a first start fills in
     candle_scan_entries: int = Field(50_000, ge=100)  # stream entries read back on start (restart safety)
-
-    @field_validator("candle_intervals", mode="before")
-    @classmethod
-    def _split(cls, value: Any) -> Any:
-        return split_csv(value)
 
     @field_validator("candle_intervals")
     @classmethod

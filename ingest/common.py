@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Callable
+from typing import Callable
 
 from pydantic import Field, field_validator
 
@@ -13,7 +13,7 @@ from tradestack.bitvavo.emit import Emitter
 from tradestack.bitvavo.feeds import Feed, IngestMetrics, follow_universe, resolve_markets
 from tradestack.bitvavo.rest import BitvavoRest
 from tradestack.bitvavo.ws import BitvavoWs
-from tradestack.config import CommonSettings, CsvList, split_csv
+from tradestack.config import CommonSettings, CsvList
 from tradestack.logs import get_logger
 from tradestack.service import Service
 from tradestack.storage import ParquetSink
@@ -39,11 +39,6 @@ class IngestSettings(CommonSettings):
     parquet_fsync: bool = False  # fsync JSONL before XADD (survives an OS crash; slower)
     compact_every_s: float = Field(60.0, gt=0)
     emit_max_pending: int = Field(2_000, ge=100)  # the WS reader pauses above this
-
-    @field_validator("ingest_markets", mode="before")
-    @classmethod
-    def _split(cls, value: Any) -> Any:
-        return split_csv(value)
 
     @field_validator("ingest_markets")
     @classmethod

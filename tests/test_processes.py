@@ -13,17 +13,11 @@ import pytest
 import redis
 
 from tests.conftest import ROOT, spawn, wait_until
+from tradestack.cli import PROCESSES
 from tradestack.embedded_redis import free_port
 
 COMMANDS = [
-    ("ingest_ticker24h", ["-m", "ingest.ticker24h"]),
-    ("ingest_orderbook", ["-m", "ingest.orderbook"]),
-    ("ingest_candles", ["-m", "ingest.candles"]),
-    ("trader_universe_selector", ["-m", "services.trader_universe_selector"]),
-    ("trader_signal_engine", ["-m", "services.trader_signal_engine"]),
-    ("trading_core", ["-m", "services.trading_core"]),
-    ("trader_executor", ["-m", "services.trader_executor"]),
-    ("trader_pnl_orchestrator", ["-m", "services.trader_pnl_orchestrator"]),
+    *PROCESSES,  # every process of DESIGN §1, as `tradestack up` starts them
     # The runbook's forms
     ("trader_signal_engine", ["-m", "services.trader_signal_engine.app"]),
     ("trader_executor", ["-m", "services.trader_executor.app"]),

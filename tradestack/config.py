@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from typing import Annotated, Any, TypeVar
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import BeforeValidator, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from tradestack.errors import ConfigError
@@ -18,14 +18,15 @@ DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 BITVAVO_REST_URL = "https://api.bitvavo.com/v2"
 BITVAVO_WS_URL = "wss://ws.bitvavo.com/v2/"
 
-CsvList = Annotated[list[str], NoDecode]
-
-
 def split_csv(value: Any) -> Any:
     """``"BTC-EUR, ETH-EUR"`` → ``["BTC-EUR", "ETH-EUR"]``; lists pass through."""
     if isinstance(value, str):
         return [part.strip() for part in value.split(",") if part.strip()]
     return value
+
+
+# A list setting written comma-separated in the environment (not JSON).
+CsvList = Annotated[list[str], NoDecode, BeforeValidator(split_csv)]
 
 
 class CommonSettings(BaseSettings):
@@ -64,11 +65,6 @@ class CommonSettings(BaseSettings):
     bitvavo_ws_url: str = BITVAVO_WS_URL
     enable_live_trading: bool = False
     live_allowed_markets: CsvList = Field(default_factory=list)
-
-    @field_validator("live_allowed_markets", mode="before")
-    @classmethod
-    def _split_markets(cls, value: Any) -> Any:
-        return split_csv(value)
 
     @field_validator("log_level")
     @classmethod

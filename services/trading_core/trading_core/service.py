@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any, Sequence
+from typing import Sequence
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from tradestack import streams
-from tradestack.config import CommonSettings, CsvList, split_csv
+from tradestack.config import CommonSettings, CsvList
 from tradestack.metrics import ServiceMetrics
 from tradestack.service import Service, run_service
 
@@ -28,11 +28,6 @@ KEYS = [streams.KILL, streams.POSITIONS]
 class Settings(CommonSettings):
     metrics_port: int = Field(9602, ge=0, le=65535)
     signal_streams: CsvList = Field(default_factory=lambda: [streams.SIGNALS_BASELINE])
-
-    @field_validator("signal_streams", mode="before")
-    @classmethod
-    def _split(cls, value: Any) -> Any:
-        return split_csv(value)
 
 
 class Metrics(ServiceMetrics):
