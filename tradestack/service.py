@@ -55,7 +55,10 @@ class Service:
         # Fail safe: until Redis has told us the switch is off, it counts as on.
         self.kill_switch = True
         self._kill_known = False
-        self._health: dict[str, bool] = {}
+        # component -> healthy; None = not heard from yet. Redis starts unknown: a service is not
+        # running before it has read the kill switch.
+        self._health: dict[str, bool | None] = {"redis": None}
+        self._redis_down = False  # one warning per outage
         self._loops: list[ConsumerLoop] = []
         self._tasks: list[tuple[str, Callable[[], Awaitable[None]]]] = []
         self._beat_now = asyncio.Event()  # a state change is published at once, not at the next beat
@@ -90,10 +93,13 @@ class Service:
     def _report(self, component: str, ok: bool) -> None:
         self._health[component] = ok
         if self.state in ("running", "degraded", "starting"):
-            healthy = all(self._health.values())
-            if healthy and self.state == "starting":
-                _sd_notify("READY=1")
-            self.set_state("running" if healthy else "degraded")
+            values = self._health.values()
+            if False in values:
+                self.set_state("degraded")
+            elif None not in values:
+                if self.state == "starting":
+                    _sd_notify("READY=1")
+                self.set_state("running")
 
     def report_health(self, component: str, ok: bool) -> None:
         """Components that are not consumer loops (e.g. an exchange WS) report here."""
@@ -108,9 +114,11 @@ class Service:
             try:
                 value = await self.redis.get(streams.KILL)
                 self._set_kill(value == b"1", known=True)
+                self._redis_down = False
                 self._report("redis", True)
             except REDIS_DOWN as exc:
-                if self._health.get("redis", True):
+                if not self._redis_down:
+                    self._redis_down = True
                     log.warning("redis_unavailable", service=self.name, error=f"{type(exc).__name__}: {exc}")
                 self._report("redis", False)
                 self._set_kill(True, known=False)
