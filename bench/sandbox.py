@@ -50,11 +50,11 @@ def _pct(xs: list[float], p: float) -> float:
 # -- WS consumer (own process, so the REST timings are not disturbed by frame decoding) ----------
 
 
-def _consume(ws_url: str, markets: list[str], secs: float, warmup: float, out: Any) -> None:
+def _consume(ws_url: str, markets: list[str], secs: float, warmup: float, out: Any, compress: int = 0) -> None:
     async def main() -> None:
         counts: dict[str, int] = {}
         async with aiohttp.ClientSession() as s:
-            async with s.ws_connect(ws_url, max_msg_size=0) as ws:
+            async with s.ws_connect(ws_url, max_msg_size=0, compress=compress) as ws:
                 channels = [{"name": n, "markets": markets} for n in ("book", "trades", "ticker")]
                 channels.append({"name": "candles", "interval": ["1m"], "markets": markets})
                 await ws.send_json({"action": "subscribe", "channels": channels})

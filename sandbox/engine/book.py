@@ -91,6 +91,9 @@ class OrderBook:
         self.nonce = 0
         self._seq = 0
         self.version = 0  # bumped by every add/remove/reduce (cheap "did anything change" check)
+        # Where a changed book registers itself (the exchange's set of books with unsent changes).
+        self.dirty_sink: dict | None = None
+        self.owner: object = None  # the key registered in dirty_sink
 
     def side(self, side: str) -> BookSide:
         return self.bids if side == "buy" else self.asks
@@ -101,6 +104,8 @@ class OrderBook:
     def _touch(self, side: str, tick: int) -> None:
         self.version += 1
         (self.changed_bids if side == "buy" else self.changed_asks).add(tick)
+        if self.dirty_sink is not None:
+            self.dirty_sink[self.owner] = None
 
     def add(self, order_id: str, owner: str | None, side: str, tick: int, qty: Decimal,
             order: object | None = None) -> Resting:
@@ -146,8 +151,9 @@ class OrderBook:
 
     def take_changes(self) -> tuple[list[tuple[int, Decimal]], list[tuple[int, Decimal]]]:
         """Changed levels with their new total size (0 = removed); clears the change set."""
-        bids = [(t, self.level_size("buy", t)) for t in self.changed_bids]
-        asks = [(t, self.level_size("sell", t)) for t in self.changed_asks]
+        bl, al = self.bids.levels, self.asks.levels
+        bids = [(t, bl[t].total if t in bl else ZERO) for t in self.changed_bids]
+        asks = [(t, al[t].total if t in al else ZERO) for t in self.changed_asks]
         self.changed_bids = set()
         self.changed_asks = set()
         return bids, asks

@@ -124,7 +124,9 @@ class CandleSet:
             series.add(ts, price, amount)
             self.dirty.setdefault(iv, set()).add(series._cur_start)  # the period this trade fell in
 
-    def take_dirty(self) -> list[tuple[str, list]]:
+    def take_dirty(self) -> list[tuple[str, int, tuple]]:
+        """(interval, period start, (open, high, low, close, volume)) of every period touched since
+        the last call; the row is a copy, formatted only if someone subscribed (CandleEvent.to_ws)."""
         out = []
         for iv in INTERVALS:
             starts = self.dirty.get(iv)
@@ -132,7 +134,8 @@ class CandleSet:
                 continue
             rows = self.series[iv].rows
             for start in sorted(starts):
-                if start in rows:
-                    out.append((iv, CandleSeries.row_json(start, rows[start])))
+                row = rows.get(start)
+                if row is not None:
+                    out.append((iv, start, tuple(row)))
         self.dirty.clear()
         return out

@@ -37,6 +37,10 @@ class SandboxConfig:
     book_levels: int = 25  # liquidity-provider levels per side
     activity: float = 1.0  # multiplies the aggressive trade rate of every market
     volatility: float = 1.0  # multiplies the random-walk volatility of every market
+    # True: a book event per change, as Bitvavo sends them (every simulated quote, cancel or
+    # aggressive order, and every API request, is one event); False: changes wait for
+    # Exchange.flush_book_events(), which the server then calls on a timer.
+    book_event_per_change: bool = True
     max_step_ms: int = 1_000  # a long gap is simulated in sub-steps of at most this
     max_catchup_ms: int = 600_000  # gaps longer than this jump (no trades) instead of simulating
     trade_retention_ms: int = 24 * 3_600_000 + 3_600_000  # public trades kept per market

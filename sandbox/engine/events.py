@@ -3,22 +3,34 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from decimal import Decimal
+
+from .numbers import fmt
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ is several times slower
 class BookEvent:
+    """Changed levels as (tick, new total size); size 0 = level removed. Formatted in ``to_ws``,
+    which runs only when someone subscribed to the market's book."""
+
     market: str
     nonce: int
-    bids: list  # [[price, size], ...] size "0" = level removed
-    asks: list
+    bids: list[tuple[int, Decimal]]
+    asks: list[tuple[int, Decimal]]
     timestamp_ns: int
+    tick_size: Decimal
+
+    def levels_json(self, levels: list[tuple[int, Decimal]]) -> list[list[str]]:
+        tick = self.tick_size
+        return [[fmt(t * tick), fmt(s)] for t, s in levels]
 
     def to_ws(self) -> dict:
         return {"event": "book", "market": self.market, "nonce": self.nonce,
-                "bids": self.bids, "asks": self.asks, "timestamp": self.timestamp_ns}
+                "bids": self.levels_json(self.bids), "asks": self.levels_json(self.asks),
+                "timestamp": self.timestamp_ns}
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ is several times slower
 class TradeEvent:
     market: str
     trade: dict  # {"id","timestamp","amount","price","side"}
@@ -29,17 +41,19 @@ class TradeEvent:
                 "side": self.trade["side"]}
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ is several times slower
 class CandleEvent:
     market: str
     interval: str
-    row: list  # [ts, open, high, low, close, volume]
+    start: int  # period start, ms
+    row: tuple  # (open, high, low, close, volume) as Decimals
 
     def to_ws(self) -> dict:
-        return {"event": "candle", "market": self.market, "interval": self.interval, "candle": [self.row]}
+        return {"event": "candle", "market": self.market, "interval": self.interval,
+                "candle": [[self.start, *map(fmt, self.row)]]}
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ is several times slower
 class TickerEvent:
     market: str
     fields: dict = field(default_factory=dict)  # changed of bestBid, bestBidSize, bestAsk, bestAskSize, lastPrice
@@ -48,7 +62,7 @@ class TickerEvent:
         return {"event": "ticker", "market": self.market, **self.fields}
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ is several times slower
 class OrderEvent:
     api_key: str
     market: str
@@ -58,7 +72,7 @@ class OrderEvent:
         return {"event": "order", **self.order}
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ is several times slower
 class FillEvent:
     api_key: str
     market: str
@@ -68,4 +82,4 @@ class FillEvent:
         return {"event": "fill", **self.fill}
 
 
-Event = TradeEvent | CandleEvent | TickerEvent | OrderEvent | FillEvent
+Event = BookEvent | TradeEvent | CandleEvent | TickerEvent | OrderEvent | FillEvent

@@ -83,6 +83,11 @@ class Exchange:
         self.own_trades: dict[tuple[str, str], deque] = {}
         self.withdrawals: dict[str, list[dict]] = {}
         self._events: list[Event] = []
+        self._lp_seq = 0
+        self._per_change = config.book_event_per_change
+        self._dirty_books: dict[MarketState, None] = {}  # books with unsent changes, in order of change
+        for ms in self.mstates.values():
+            ms.book.dirty_sink, ms.book.owner = self._dirty_books, ms
         self._reject_next = 0
         self._reject_code = 230
         self._generate_history()
@@ -93,7 +98,11 @@ class Exchange:
             if ms.spec.status == "trading" and config.simulate:
                 ms.sim.requote(self, ms.book)
             ms.last_ticker = ms.top()
+            ms.last_top_raw = ms.top_raw()
         self._events.clear()  # start-up noise (history, first quotes) is not streamed
+        for ms in self._dirty_books:
+            ms.book.take_changes()
+        self._dirty_books.clear()
 
     # ---- basics --------------------------------------------------------------------------------
     @property
@@ -999,13 +1008,21 @@ class Exchange:
             taker = Taker(None, side, tick, lambda _t: remaining[0])
             match(book, taker, take, lambda _m, _d: None)
         if remaining[0] <= 0:
-            return None
-        return book.add(self.ids.next("lp"), None, side, tick, remaining[0])
+            r = None
+        else:
+            # Simulated quotes never show their id to anyone: a counter is enough (ids.next costs a hash).
+            self._lp_seq += 1
+            r = book.add(f"lp-{self._lp_seq}", None, side, tick, remaining[0])
+        if self._per_change:
+            self._book_event(ms)
+        return r
 
     def lp_cancel(self, market: str, resting: Resting) -> None:
-        book = self.mstates[market].book
-        if resting.order_id in book.index:
-            book.remove(resting)
+        ms = self.mstates[market]
+        if resting.order_id in ms.book.index:
+            ms.book.remove(resting)
+            if self._per_change:
+                self._book_event(ms)
 
     def sim_take(self, market: str, side: str, qty: Decimal) -> None:
         ms = self.mstates[market]
@@ -1016,11 +1033,15 @@ class Exchange:
             self._on_trade(ms, maker, q, t, None, side)
 
         match(ms.book, Taker(None, side, None, lambda _t: remaining[0]), take, lambda _m, _d: None)
+        if self._per_change:
+            self._book_event(ms)
 
-    def step(self) -> None:
+    def step(self, markets: Iterable[MarketState] | None = None) -> None:
+        """Simulate every market (or the given ones) up to now; a server steps them in slices so
+        that requests are answered between slices."""
         now = self._now()
         cfg = self.config
-        for ms in self.mstates.values():
+        for ms in self.mstates.values() if markets is None else markets:
             last = ms.last_step_ms
             if now <= last:
                 continue
@@ -1045,7 +1066,7 @@ class Exchange:
                     t += dt
                     self._t = t
                     sim.advance(t, dt)
-                    sim.requote(self, ms.book)
+                    sim.requote(self, ms.book, dt)
                     sim.flow(self, dt)
                     if ms.triggers:
                         self._check_triggers(ms)
@@ -1057,31 +1078,49 @@ class Exchange:
             self._emit_market_updates(ms)
 
     def _emit_market_updates(self, ms: MarketState) -> None:
-        for interval, row in ms.candles.take_dirty():
-            self._events.append(CandleEvent(ms.market, interval, row))
+        if ms.candles.dirty:
+            for interval, start, row in ms.candles.take_dirty():
+                self._events.append(CandleEvent(ms.market, interval, start, row))
+        raw = ms.top_raw()
+        if raw == ms.last_top_raw:
+            return
+        ms.last_top_raw = raw
         top = ms.top()
         changed = {k: v for k, v in top.items() if ms.last_ticker.get(k) != v}
         if changed:
             ms.last_ticker = top
             self._events.append(TickerEvent(ms.market, changed))
 
+    def _book_event(self, ms: MarketState) -> None:
+        """Queue one book event with the market's unsent changes (nonce + 1), if it has any."""
+        book = ms.book
+        if not book.has_changes():
+            return
+        bids, asks = book.take_changes()
+        book.nonce += 2 if ms.skip_nonce else 1  # skip_nonce: fault injection, a nonce gap
+        ms.skip_nonce = False
+        self._events.append(BookEvent(ms.market, book.nonce, bids, asks, self._now() * 1_000_000, ms.spec.tick))
+
+    def _flush_dirty_books(self) -> None:
+        dirty = self._dirty_books
+        if dirty:
+            for ms in list(dirty):
+                self._book_event(ms)
+            dirty.clear()
+
     def flush_book_events(self) -> list[BookEvent]:
-        ts_ns = self._now() * 1_000_000
-        out = []
-        for ms in self.mstates.values():
-            book = ms.book
-            if not book.has_changes():
-                continue
-            bids, asks = book.take_changes()
-            book.nonce += 2 if ms.skip_nonce else 1
-            ms.skip_nonce = False
-            price = ms.price
-            out.append(BookEvent(ms.market, book.nonce,
-                                 [[fmt(price(t)), fmt(s)] for t, s in bids],
-                                 [[fmt(price(t)), fmt(s)] for t, s in asks], ts_ns))
+        """Book events of every market with unsent changes (batched mode's timer calls this)."""
+        self._flush_dirty_books()
+        out = [e for e in self._events if type(e) is BookEvent]
+        if out:
+            self._events = [e for e in self._events if type(e) is not BookEvent]
         return out
 
     def drain_events(self) -> list[Event]:
+        """Events since the last drain. Per-change mode: the book changes of the request just
+        handled (a request is one change however many levels it touched) become their event."""
+        if self._per_change:
+            self._flush_dirty_books()
         events, self._events = self._events, []
         return events
 

@@ -23,6 +23,7 @@ class MarketState:
         self.candles = CandleSet(candle_cap)
         self.triggers: dict[str, Order] = {}  # awaitingTrigger orders by id
         self.last_ticker: dict[str, str] = {}  # fields last sent in a TickerEvent
+        self.last_top_raw: tuple | None = None  # top_raw() when last_ticker was taken
         self.skip_nonce = False
         self.last_step_ms = 0
         self.trade_seq = 0
@@ -37,6 +38,15 @@ class MarketState:
     def last_price(self) -> Decimal | None:
         last = self.tape.last
         return last[2] if last is not None else None
+
+    def top_raw(self) -> tuple:
+        """The ticker's inputs, unformatted: cheap to compare on every step."""
+        book = self.book
+        bid, ask = book.bids.best(), book.asks.best()
+        last = self.tape.last
+        return (bid, book.bids.levels[bid].total if bid is not None else None,
+                ask, book.asks.levels[ask].total if ask is not None else None,
+                last[2] if last is not None else None)
 
     def top(self) -> dict[str, str]:
         """Current ticker fields (bestBid, bestBidSize, bestAsk, bestAskSize, lastPrice)."""

@@ -9,9 +9,13 @@ ZERO = Decimal(0)
 
 def fmt(value: Decimal) -> str:
     """Plain string without exponent or trailing zeros ("75521", "0.015")."""
-    if value == 0:
+    if not value:
         return "0"
-    text = format(value.normalize(), "f")
+    text = str(value)  # twice as fast as normalize() + format(); exact unless it has an exponent
+    if "E" in text:
+        return format(value.normalize(), "f")
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
     return text
 
 

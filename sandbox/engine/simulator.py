@@ -18,6 +18,8 @@ from .book import OrderBook, Resting
 from .markets import MarketSpec
 
 HOUR_MS = 3_600_000
+CHURN_PER_S = 40.0  # level re-sizes per second of a busy market
+FULL_REQUOTE_EVERY = 20  # requotes between full ladder rebuilds (see MarketSimulator.requote)
 
 # (vol multiplier, trend per hour as a fraction, activity multiplier, mean duration minutes)
 REGIMES = [
@@ -66,6 +68,8 @@ class MarketSimulator:
         self.regime_until = 0
         self.lp: dict[str, dict[int, Resting]] = {"buy": {}, "sell": {}}
         self._last_requote: tuple | None = None  # (top_bid, top_ask, book change marker)
+        self._requotes = 0
+        self._lp_notionals = [math.exp(self.rng.gauss(math.log(400.0), 0.9)) for _ in range(256)]
 
     # ---- the walk ---------------------------------------------------------------------------
     @property
@@ -91,9 +95,8 @@ class MarketSimulator:
         sigma = self.spec.vol_per_hour * self.volatility * vol_mult
         self.log_mid += trend * dt_h + sigma * math.sqrt(dt_h) * self.rng.gauss(0.0, 1.0)
 
-    def trade_count(self, dt_ms: int) -> int:
-        lam = self.spec.trades_per_min * self.activity * REGIMES[self.regime][2] * dt_ms / 60_000
-        # Poisson by inversion; lam is small per sub-step.
+    def _poisson(self, lam: float) -> int:
+        # By inversion; lam is small per sub-step.
         n, p = 0, math.exp(-lam)
         u, cum = self.rng.random(), p
         while u > cum and n < 50:
@@ -102,8 +105,13 @@ class MarketSimulator:
             cum += p
         return n
 
+    def trade_count(self, dt_ms: int) -> int:
+        return self._poisson(self.spec.trades_per_min * self.activity * REGIMES[self.regime][2] * dt_ms / 60_000)
+
     def _lp_size(self, distance: int) -> Decimal:
-        notional = math.exp(self.rng.gauss(math.log(400.0), 0.9)) * (1 + 0.15 * distance)
+        # Log-normal quote sizes (median 400 EUR), drawn from a seeded pool: a quote is placed
+        # for every level a ladder moves, and a gauss() per quote was a tenth of a step's cost.
+        notional = self._lp_notionals[self.rng.getrandbits(8)] * (1 + 0.15 * distance)
         return self.sizing.qty(notional, self.mid)
 
     def _flow_size(self) -> Decimal:
@@ -115,11 +123,16 @@ class MarketSimulator:
         return "buy" if self.rng.random() < p_buy else "sell"
 
     # ---- one sub-step ---------------------------------------------------------------------
-    def requote(self, ops: MarketOps, book: OrderBook) -> None:
+    def requote(self, ops: MarketOps, book: OrderBook, dt_ms: int = 0) -> None:
         """Move the ladder to the current mid: cancel quotes inside the new spread or beyond
         depth, add missing levels (which may trade with users' orders in the way), and
-        re-size a couple of random levels so the book keeps changing."""
-        market = self.spec.market
+        re-size a couple of random levels so the book keeps changing.
+
+        Incremental, because it runs for every market on every step: a move of k levels
+        touches only the k levels leaving and the k entering at each side, and trades only
+        ever consume a ladder from its best level outward, so refilling walks from the best
+        level to the first live quote. Every ``FULL_REQUOTE_EVERY``-th call (and on big jumps)
+        rebuilds both sides from scratch, which repairs any hole the shortcuts missed."""
         mid_ticks = self.mid / self.tick_f
         gap = self.gap
         top_bid = math.floor((mid_ticks - self.half_spread_ticks) / gap) * gap
@@ -127,19 +140,32 @@ class MarketSimulator:
         top_bid = max(top_bid, gap)
         if top_ask <= top_bid:
             top_ask = top_bid + gap
-        # Nothing moved and nobody traded or placed since last time: only churn a level or two.
-        marker = (top_bid, top_ask, book.version)
-        if marker == self._last_requote:
-            self._churn(ops, book, top_bid, top_ask)
-            self._last_requote = (top_bid, top_ask, book.version)
-            return
-        targets = {
-            "buy": [top_bid - i * gap for i in range(self.levels) if top_bid - i * gap > 0],
-            "sell": [top_ask + i * gap for i in range(self.levels)],
-        }
-        for side in ("buy", "sell"):
+        last = self._last_requote
+        self._requotes += 1
+        if last is None or self._requotes % FULL_REQUOTE_EVERY == 0:
+            self._rebuild(ops, book, top_bid, top_ask)
+        elif last != (top_bid, top_ask, book.version):
+            old_bid, old_ask, _ = last
+            if not (self._shift(ops, book, "buy", old_bid, top_bid)
+                    and self._shift(ops, book, "sell", old_ask, top_ask)):
+                self._rebuild(ops, book, top_bid, top_ask)
+        # else: nothing moved and nobody traded or placed since last time: only churn.
+        if dt_ms:
+            self._churn(ops, book, top_bid, top_ask, dt_ms)
+        self._last_requote = (top_bid, top_ask, book.version)
+
+    def _ladder(self, side: str, top: int) -> range:
+        """The ticks of one side's ladder, best first."""
+        gap = self.gap
+        if side == "buy":
+            return range(top, max(top - self.levels * gap, 0), -gap)
+        return range(top, top + self.levels * gap, gap)
+
+    def _rebuild(self, ops: MarketOps, book: OrderBook, top_bid: int, top_ask: int) -> None:
+        market = self.spec.market
+        for side, top in (("buy", top_bid), ("sell", top_ask)):
             quotes = self.lp[side]
-            wanted = set(targets[side])
+            wanted = self._ladder(side, top)
             for tick in list(quotes):
                 r = quotes[tick]
                 if r.remaining <= 0 or r.order_id not in book.index:
@@ -147,25 +173,65 @@ class MarketSimulator:
                 elif tick not in wanted:
                     ops.lp_cancel(market, r)
                     del quotes[tick]
-        for side in ("buy", "sell"):
+        for side, top in (("buy", top_bid), ("sell", top_ask)):
             quotes = self.lp[side]
-            for i, tick in enumerate(targets[side]):
+            for i, tick in enumerate(self._ladder(side, top)):
                 if tick not in quotes:
                     r = ops.lp_place(market, side, tick, self._lp_size(i))
                     if r is not None:
                         quotes[tick] = r
-        self._churn(ops, book, top_bid, top_ask)
-        self._last_requote = (top_bid, top_ask, book.version)
 
-    def _churn(self, ops: MarketOps, book: OrderBook, top_bid: int, top_ask: int) -> None:
-        """Re-size a couple of random levels so the book keeps changing like a real one."""
+    def _shift(self, ops: MarketOps, book: OrderBook, side: str, old_top: int, new_top: int) -> bool:
+        """Move one side's ladder from ``old_top`` to ``new_top``; False = too far, rebuild instead."""
+        n = self.levels
+        d = (new_top - old_top) // (-self.gap if side == "buy" else self.gap)  # levels moved outward
+        new = self._ladder(side, new_top)
+        if abs(d) >= n or len(new) != n:
+            return False
+        market = self.spec.market
+        quotes = self.lp[side]
+        index = book.index
+
+        def place(i: int) -> None:
+            tick = new[i]
+            r = ops.lp_place(market, side, tick, self._lp_size(i))
+            if r is not None:
+                quotes[tick] = r
+            else:
+                quotes.pop(tick, None)
+
+        first = 0  # where the refill walk starts
+        if d:
+            old = self._ladder(side, old_top)
+            if len(old) != n:
+                return False
+            for tick in (old[:d] if d > 0 else old[n + d:]):  # the levels leaving the ladder
+                r = quotes.pop(tick, None)
+                if r is not None and r.order_id in index:
+                    ops.lp_cancel(market, r)
+            if d > 0:  # moved away from the spread: new levels at the far end
+                for i in range(n - d, n):
+                    place(i)
+            else:  # moved into the spread: new levels at the best end
+                for i in range(-d):
+                    place(i)
+                first = -d
+        # Trades consume a ladder from its best level outward: refill up to the first live quote.
+        for i in range(first, n):
+            r = quotes.get(new[i])
+            if r is not None and r.order_id in index:
+                break
+            place(i)
+        return True
+
+    def _churn(self, ops: MarketOps, book: OrderBook, top_bid: int, top_ask: int, dt_ms: int) -> None:
+        """Re-size random levels so the book keeps changing like a real one. A rate in simulated
+        time: busy markets churn up to CHURN_PER_S levels a second, quiet small caps barely (which
+        keeps "all" cheap), whatever the step cadence."""
         market = self.spec.market
         gap = self.gap
-        # Busy markets churn more; quiet generated small caps barely (keeps "all" cheap).
-        p = min(1.0, self.spec.trades_per_min / 8)
-        for _ in range(2):
-            if self.rng.random() >= p:
-                continue
+        rate = CHURN_PER_S * min(1.0, self.spec.trades_per_min / 8)
+        for _ in range(self._poisson(rate * dt_ms / 1000)):
             side = "buy" if self.rng.random() < 0.5 else "sell"
             i = self.rng.randrange(self.levels)
             tick = top_bid - i * gap if side == "buy" else top_ask + i * gap

@@ -33,13 +33,16 @@ class Metrics:
             "sandbox_step_duration_seconds", "Duration of one market-loop iteration (step + fan-out)",
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0), registry=r,
         )
-        self._event_children: dict[str, Counter] = {}
+        # Counted in a plain dict on the hot path (a Counter.inc takes a lock), moved into the
+        # counter when scraped.
+        self._events_pending: dict[str, int] = {}
 
     def ws_event(self, channel: str, n: int) -> None:
-        child = self._event_children.get(channel)
-        if child is None:
-            child = self._event_children[channel] = self.ws_events.labels(channel)
-        child.inc(n)
+        pending = self._events_pending
+        pending[channel] = pending.get(channel, 0) + n
 
     def render(self) -> bytes:
+        pending, self._events_pending = self._events_pending, {}
+        for channel, n in pending.items():
+            self.ws_events.labels(channel).inc(n)
         return generate_latest(self.registry)

@@ -44,6 +44,7 @@ def config_from_settings(settings: SandboxSettings) -> SandboxConfig:
         state_path=str(settings.state) if settings.state else None,
         replay_dir=str(settings.replay) if settings.replay else None,
         activity=settings.activity,
+        book_event_per_change=settings.book_flush_ms == 0,
     )
 
 

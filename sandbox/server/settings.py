@@ -35,7 +35,7 @@ class SandboxSettings(BaseSettings):
 
     # market loop cadence
     step_ms: int = Field(50, ge=1)
-    book_flush_ms: int = Field(100, ge=1)
+    book_flush_ms: int = Field(0, ge=0, description="0 = a book event per change, as Bitvavo; N = batch changes per N ms")
     ticker24h_ms: int = Field(1000, ge=1)
     # websocket
     ws_queue_max: int = Field(20000, ge=1, description="outbound frames buffered per socket before it is dropped")

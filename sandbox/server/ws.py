@@ -21,6 +21,7 @@ from sandbox.server.dispatch import API_ERRORS, Dispatcher
 from sandbox.server.endpoints import BY_WS_ACTION, ws_market
 from sandbox.server.errors import ApiError, auth_required, invalid_json
 from sandbox.server.metrics import Metrics
+from sandbox.server.ws_frames import FrameBatcher
 from tradestack.logs import get_logger
 
 log = get_logger(__name__)
@@ -30,8 +31,8 @@ MARKET_CHANNELS = ("ticker", "ticker24h", "trades", "book", "account")
 SubKey = tuple[str, ...]  # ("book", m) | ("candles", interval, m) | ("account", api_key, m) | ...
 
 
-def _dumps(obj: Any) -> str:
-    return orjson.dumps(obj).decode()
+def _dumps(obj: Any) -> bytes:
+    return orjson.dumps(obj)  # UTF-8 JSON: a text frame's payload as is
 
 
 def _query_value(v: Any) -> str:
@@ -54,14 +55,14 @@ class Session:
         self.hub = hub
         # channel -> markets (candles: interval -> markets); insertion-ordered for the acks
         self.subs: dict[str, Any] = {}
-        self._q: deque[str] = deque()
+        self._q: deque[bytes] = deque()
         self._wake = asyncio.Event()
         self.closed = False
         self.writer_task: asyncio.Task[None] | None = None
 
     # -- outbound ------------------------------------------------------------------------
 
-    def send(self, data: str) -> None:
+    def send(self, data: bytes) -> None:
         if self.closed:
             return
         if len(self._q) >= self.max_queue:
@@ -77,10 +78,14 @@ class Session:
 
     async def run_writer(self) -> None:
         q, ws = self._q, self.ws
+        batcher = FrameBatcher.for_response(ws)
         try:
             while not self.closed:
                 while q:
-                    await ws.send_str(q.popleft())
+                    if batcher is not None:
+                        await batcher.write(q)
+                    else:
+                        await ws.send_frame(q.popleft(), WSMsgType.TEXT)
                 self._wake.clear()
                 await self._wake.wait()
         except (ConnectionError, RuntimeError) as exc:  # peer went away mid-send

@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
-import time
 from decimal import Decimal as D
 
-from sandbox.engine import CandleEvent, TickerEvent, TradeEvent
+import pytest
+
+from sandbox.engine import BookEvent, CandleEvent, TickerEvent, TradeEvent
 
 from .helpers import ALICE, BOB, T0, Clock, check_invariants, live_exchange, order, quiet_exchange, totals
 
 
 def run(ex, clock, seconds, step_ms=100, flush=True):
+    """Step the exchange; (non-book events, book events in order)."""
     events, books = [], []
     for _ in range(int(seconds * 1000 / step_ms)):
         clock.advance(step_ms)
         ex.step()
-        events.extend(ex.drain_events())
+        for ev in ex.drain_events():
+            (books if isinstance(ev, BookEvent) else events).append(ev)
         if flush:
             books.extend(ex.flush_book_events())
     return events, books
@@ -99,25 +102,26 @@ def test_candles_skip_periods_without_trades(ex, clock):
     assert ex.candles("BTC-EUR", {"interval": "1d"})[0][5] == "0.03"
 
 
-def test_book_deltas_rebuild_snapshot():
+@pytest.mark.parametrize("per_change", [True, False], ids=["event-per-change", "batched"])
+def test_book_deltas_rebuild_snapshot(per_change: bool):
     clock = Clock()
-    ex = live_exchange(clock)
+    ex = live_exchange(clock, book_event_per_change=per_change)
     ex.flush_book_events()
     snap = ex.book("BTC-EUR", {})
     local = {"bids": {p: s for p, s in snap["bids"]}, "asks": {p: s for p, s in snap["asks"]}}
     nonce = snap["nonce"]
     _, books = run(ex, clock, 30)
     for ev in (b for b in books if b.market == "BTC-EUR"):
-        assert ev.nonce == nonce + 1
-        nonce = ev.nonce
+        ws = ev.to_ws()  # what a subscriber receives
+        assert ws["event"] == "book" and ws["timestamp"] % 1_000_000 == 0
+        assert ws["nonce"] == nonce + 1
+        nonce = ws["nonce"]
         for side in ("bids", "asks"):
-            for p, s in getattr(ev, side):
+            for p, s in ws[side]:
                 if s == "0":
                     local[side].pop(p, None)
                 else:
                     local[side][p] = s
-        ws = ev.to_ws()
-        assert ws["event"] == "book" and ws["timestamp"] % 1_000_000 == 0
     final = ex.book("BTC-EUR", {})
     assert final["nonce"] == nonce
     assert sorted(local["bids"].items(), key=lambda x: -D(x[0])) == [tuple(x) for x in final["bids"]]
@@ -134,7 +138,8 @@ def test_skip_book_nonce():
     while len(nonces) < 2:
         clock.advance(100)
         ex.step()
-        nonces += [b.nonce for b in ex.flush_book_events() if b.market == "ETH-EUR"]
+        events = ex.drain_events() + ex.flush_book_events()
+        nonces += [b.nonce for b in events if isinstance(b, BookEvent) and b.market == "ETH-EUR"]
     assert nonces[:2] == [n + 2, n + 3]
 
 
@@ -167,14 +172,20 @@ def test_conservation_with_users_in_a_live_market():
     check_invariants(ex)
 
 
-def test_step_is_cheap_for_default_markets():
+def test_book_events_per_change_and_per_request():
+    """Per-change mode: each simulated quote/cancel/aggressive order is its own event, and a user's
+    request that touches several levels is one event; nonces are consecutive either way."""
     clock = Clock()
-    ex = live_exchange(clock, markets=None, history_hours=0)
-    assert len(ex.market_ids) >= 20
-    started = time.perf_counter()
-    run(ex, clock, 10)
-    per_step = (time.perf_counter() - started) / 100
-    assert per_step < 0.02  # generous: typically ~2 ms
+    ex = live_exchange(clock, markets=["BTC-EUR"])
+    ex.drain_events()
+    n0 = ex.book("BTC-EUR", {})["nonce"]
+    _, books = run(ex, clock, 5, flush=False)
+    assert len(books) > 5 * 10  # several changes a step: several events, not one per step
+    assert [b.nonce for b in books] == list(range(n0 + 1, n0 + 1 + len(books)))
+    before = ex.book("BTC-EUR", {})["nonce"]
+    order(ex, ALICE, "BTC-EUR", "buy", "market", amountQuote="20000")  # sweeps several ask levels
+    sweep = [e for e in ex.drain_events() if isinstance(e, BookEvent)]
+    assert len(sweep) == 1 and sweep[0].nonce == before + 1 and len(sweep[0].asks) >= 2
 
 
 def test_all_markets_catalogue():
