@@ -1043,8 +1043,9 @@ class Exchange:
         cfg = self.config
         for ms in self.mstates.values() if markets is None else markets:
             last = ms.last_step_ms
-            if now <= last:
-                continue
+            elapsed = now - last
+            if elapsed <= 0 or (elapsed <= ms.sim.step_every_ms and not ms.triggers):
+                continue  # a thin market waits for its own cadence, unless a user's stop is armed
             if ms.spec.status != "trading" or not cfg.simulate:
                 ms.last_step_ms = now
                 self._t = now

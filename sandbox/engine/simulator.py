@@ -18,7 +18,10 @@ from .book import OrderBook, Resting
 from .markets import MarketSpec
 
 HOUR_MS = 3_600_000
-CHURN_PER_S = 40.0  # level re-sizes per second of a busy market
+CHURN_PER_S = 40.0  # level re-sizes per second of a busy market (times the activity knob)
+GAP_FRACTION = 0.00005  # ladder spacing of a busy market, as a fraction of the price
+BUSY_STEP_MS = 0  # every market-loop tick
+QUIET_STEP_MS = 250
 FULL_REQUOTE_EVERY = 20  # requotes between full ladder rebuilds (see MarketSimulator.requote)
 
 # (vol multiplier, trend per hour as a fraction, activity multiplier, mean duration minutes)
@@ -60,8 +63,12 @@ class MarketSimulator:
         self.mid_source = mid_source  # replay: recorded mid at a time, instead of the walk
         self.log_mid = math.log(float(spec.price0))
         self.tick_f = float(spec.tick)
-        # Ladder spacing on a fixed grid so a 1-tick mid move only touches the edge levels.
-        self.gap = max(1, round(float(spec.price0) * 0.00005 / self.tick_f))
+        # Ladder spacing on a fixed grid so a 1-tick mid move only touches the edge levels: 0.5 bp
+        # for a busy market, wider for thin ones (a small cap's book does not requote on every
+        # basis point: ~4 bp at 2 trades/min, ~13 bp at 0.3).
+        self.gap = max(1, round(float(spec.price0) * GAP_FRACTION * max(1.0, 8.0 / spec.trades_per_min) / self.tick_f))
+        # Thin markets are stepped less often (their changes are rare; one step covers the span).
+        self.step_every_ms = BUSY_STEP_MS if spec.trades_per_min * activity >= 4 else QUIET_STEP_MS
         self.half_spread_ticks = float(self.gap)
         self.sizing = Sizing(spec.quantity_decimals, spec.tick)
         self.regime = 1
@@ -230,7 +237,7 @@ class MarketSimulator:
         keeps "all" cheap), whatever the step cadence."""
         market = self.spec.market
         gap = self.gap
-        rate = CHURN_PER_S * min(1.0, self.spec.trades_per_min / 8)
+        rate = CHURN_PER_S * min(1.0, self.spec.trades_per_min / 8) * self.activity
         for _ in range(self._poisson(rate * dt_ms / 1000)):
             side = "buy" if self.rng.random() < 0.5 else "sell"
             i = self.rng.randrange(self.levels)

@@ -15,6 +15,7 @@ from typing import Any
 
 from sandbox.server.errors import ApiError, auth_required, invalid_json
 
+API_KEY_LENGTH = 64  # Bitvavo keys are 64 characters; anything else is 301 before any lookup
 DEFAULT_WINDOW_MS = 10_000
 MIN_WINDOW_MS = 100
 MAX_WINDOW_MS = 60_000
@@ -69,6 +70,8 @@ def verify(
     """Check one signed request; returns the API key or raises ApiError 300..309 (HTTP 403)."""
     if not key or signature is None or timestamp in (None, ""):
         raise auth_required()
+    if len(key) != API_KEY_LENGTH:
+        raise ApiError(301, "API Key must be of length 64.", 403)
     secret = secret_for(key)
     if secret is None:
         raise ApiError(305, "No active API key found.", 403)

@@ -47,6 +47,9 @@ SERVER_ERRORS: dict[int, tuple[str, int]] = {
     108: ("The matching engine could not process your request in time. Please increase your access window or retry.", 503),
     109: ("The matching engine did not respond in time. Operation may or may not have succeeded.", 503),
     111: ("The matching engine is temporarily unavailable. Please try again later.", 503),
+    # Bitvavo does not publish its WS requests-per-second limit, so the sandbox does not invent one;
+    # a client's handling of 112 is tested by injecting it.
+    112: ("Too many requests per second on this websocket. Please slow down.", 429),
 }
 
 

@@ -1,7 +1,7 @@
 """The one task that drives the engine and fans its events out to subscribed sockets.
 
-Every ``step_ms``: ``exchange.step()`` over the markets in slices of ``STEP_SLICE``, each slice's
-events drained and published before the event loop gets a turn, so that a request never waits
+Every ``step_ms``: ``exchange.step()`` over the markets in slices of about ``SLICE_S`` of work, each
+slice's events drained and published before the event loop gets a turn, so that a request never waits
 behind a whole step of 400 markets; every ``book_flush_ms`` (if not 0, i.e. batched books):
 ``flush_book_events()``; every ``ticker24h_ms``: one ``ticker24h`` frame per socket with the
 markets that socket subscribed. Each event is serialised once and the same text is queued to
@@ -23,7 +23,8 @@ from tradestack.logs import get_logger
 
 log = get_logger(__name__)
 
-STEP_SLICE = 24  # markets stepped between two turns of the event loop (about 1 ms of work)
+STEP_SLICE = 8  # markets per engine call
+SLICE_S = 0.0008  # engine work between two turns of the event loop (order round trips wait for it)
 
 
 def event_route(ev: Any) -> tuple[tuple[str, ...], str]:
@@ -120,11 +121,16 @@ class MarketLoop:
             t0 = mono()
             try:
                 states = list(self.exchange.mstates.values())
-                for i in range(0, len(states), STEP_SLICE):
-                    if i:
-                        await asyncio.sleep(0)  # let requests in between slices
-                    self.exchange.step(states[i:i + STEP_SLICE])
-                    self.publish_pending()
+                i = 0
+                while i < len(states):
+                    # Markets until ~SLICE_S of work, then requests get their turn.
+                    t_slice = mono()
+                    while i < len(states) and mono() - t_slice < SLICE_S:
+                        self.exchange.step(states[i:i + STEP_SLICE])
+                        self.publish_pending()
+                        i += STEP_SLICE
+                    if i < len(states):
+                        await asyncio.sleep(0)
                 if self.book_s and t0 >= next_book:
                     self.flush_books()
                     next_book = t0 + self.book_s

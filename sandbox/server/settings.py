@@ -51,6 +51,8 @@ class SandboxSettings(BaseSettings):
     def _key_not_blank(cls, v: str) -> str:
         if not v.strip():
             raise ValueError("api_key must not be blank")
+        if len(v.strip()) != 64:  # as on Bitvavo; a client could never authenticate with it (301)
+            raise ValueError(f"api_key must be 64 characters (Bitvavo's key length), got {len(v.strip())}")
         return v.strip()
 
     @field_validator("log_level")

@@ -52,6 +52,8 @@ def _verify(**kw: object) -> str:
         (dict(window="ten"), 303),
         (dict(timestamp="soon"), 302),
         (dict(key="x" * 64), 305),
+        (dict(key="x" * 63), 301),
+        (dict(key=KEY + "x"), 301),
         (dict(signature=None), 300),
     ],
 )

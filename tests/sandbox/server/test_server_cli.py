@@ -79,6 +79,7 @@ def test_cli_bad_values_exit_2_with_one_line() -> None:
         (["--faults", "{not json"], {}),
         (["--faults", '{"errors": [{"code": 216}]}'], {}),
         ([], {"SANDBOX_SEED": "many"}),
+        (["--api-key", "short"], {}),
         (["--bogus"], {}),
     ):
         proc = subprocess.run(

@@ -195,3 +195,18 @@ def test_book_nonce_gap() -> None:
                 assert nonces[-1] - nonces[-2] == 2
 
     run(scenario())
+
+
+def test_ws_rate_limit_error_112_can_be_injected_on_a_ws_action(fake_clock: FakeClock) -> None:
+    async def scenario() -> None:
+        async with sandbox(fake_clock) as (sb, c):
+            await _admin(c, {"errors": [{"code": 112, "path": "/time", "next": 1}]})
+            async with c.http.ws_connect(sb.ws_url) as ws:
+                await ws.send_json({"action": "getTime"})
+                reply = await ws.receive_json(timeout=5)
+                assert reply["action"] == "getTime" and reply["errorCode"] == 112
+                assert reply["error"] == SERVER_ERRORS[112][0]
+                await ws.send_json({"action": "getTime"})  # the socket stays usable
+                assert "time" in (await ws.receive_json(timeout=5))["response"]
+
+    run(scenario())
