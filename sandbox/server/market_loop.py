@@ -25,6 +25,7 @@ log = get_logger(__name__)
 
 STEP_SLICE = 8  # markets per engine call
 SLICE_S = 0.0008  # engine work between two turns of the event loop (order round trips wait for it)
+FLUSH_S = 0.004  # market data leaves at least this often; meanwhile frames gather into one write
 
 
 def event_route(ev: Any) -> tuple[tuple[str, ...], str]:
@@ -79,17 +80,21 @@ class MarketLoop:
                 pass
             self._task = None
 
-    def publish_pending(self) -> None:
-        """Fan out whatever the engine has queued (also called right after API calls)."""
+    def publish_pending(self, flush: bool = True) -> None:
+        """Fan out whatever the engine has queued (also called right after API calls, which
+        flush at once: a client's own order and fill events are not held back)."""
         publish = self.hub.publish
         for ev in self.exchange.drain_events():
             key, channel = event_route(ev)
             publish(key, channel, ev.to_ws)
+        if flush:
+            self.hub.flush()
 
     def flush_books(self) -> None:
         publish = self.hub.publish
         for ev in self.exchange.flush_book_events():
             publish(("book", ev.market), "book", ev.to_ws)
+        self.hub.flush()
 
     def send_ticker24h(self) -> None:
         markets = sorted({k[1] for k in self.hub.index if k[0] == "ticker24h"})
@@ -122,15 +127,20 @@ class MarketLoop:
             try:
                 states = list(self.exchange.mstates.values())
                 i = 0
+                last_flush = t0
                 while i < len(states):
                     # Markets until ~SLICE_S of work, then requests get their turn.
                     t_slice = mono()
                     while i < len(states) and mono() - t_slice < SLICE_S:
                         self.exchange.step(states[i:i + STEP_SLICE])
-                        self.publish_pending()
+                        self.publish_pending(flush=False)
                         i += STEP_SLICE
                     if i < len(states):
+                        if t_slice - last_flush >= FLUSH_S:
+                            self.hub.flush()
+                            last_flush = t_slice
                         await asyncio.sleep(0)
+                self.hub.flush()
                 if self.book_s and t0 >= next_book:
                     self.flush_books()
                     next_book = t0 + self.book_s

@@ -62,7 +62,9 @@ class Session:
 
     # -- outbound ------------------------------------------------------------------------
 
-    def send(self, data: bytes) -> None:
+    def send(self, data: bytes, wake: bool = True) -> None:
+        """Queue one frame. ``wake=False`` (market-data fan-out): the writer runs at the hub's
+        next ``flush``, so that a few milliseconds of events leave in one write."""
         if self.closed:
             return
         if len(self._q) >= self.max_queue:
@@ -71,7 +73,10 @@ class Session:
             self.drop("abort")
             return
         self._q.append(data)
-        self._wake.set()
+        if wake:
+            self._wake.set()
+        else:
+            self.hub.unflushed.add(self)
 
     def send_json(self, obj: Any) -> None:
         self.send(_dumps(obj))
@@ -125,6 +130,7 @@ class Hub:
         self.metrics = metrics
         self.sessions: dict[int, Session] = {}
         self.index: dict[SubKey, set[Session]] = {}
+        self.unflushed: set[Session] = set()  # sessions with frames queued but their writer not woken
 
     def add(self, s: Session) -> None:
         self.sessions[s.id] = s
@@ -166,8 +172,14 @@ class Hub:
             return
         data = _dumps(payload())
         for s in tuple(subs):
-            s.send(data)
+            s.send(data, wake=False)
         self.metrics.ws_event(channel, len(subs))
+
+    def flush(self) -> None:
+        """Start the writers of sockets with market data queued since the last flush."""
+        for s in self.unflushed:
+            s._wake.set()
+        self.unflushed.clear()
 
     def drop(self, which: str | int, mode: str = "close") -> int:
         victims = list(self.sessions.values())
