@@ -10,7 +10,7 @@ from decimal import Decimal
 from . import errors as E
 from . import persistence
 from .accounts import FEE_ACCOUNT, LP_ACCOUNT, Account, Balance, Ledger
-from .book import Resting
+from .book import OrderBook, Resting
 from .candles import INTERVALS
 from .config import SandboxConfig
 from .errors import ExchangeError
@@ -308,10 +308,8 @@ class Exchange:
         status = ms.spec.status
         if status in ("halted", "cancelOnly", "auctionMatching"):
             raise E.market_status(status)
-        if status == "auction" and (req.order_type == "market" or (
-                req.price_tick is not None and req.order_type == "limit"
-                and would_take(ms.book, req.side, req.price_tick))):
-            raise E.market_status(status)
+        if status == "auction" and req.order_type == "market":
+            raise E.market_status(status)  # limit orders rest, crossed or not, until the uncross
         if status == "auction" and req.time_in_force != "GTC":
             raise ExchangeError(231, "The order is rejected by the matching engine. TimeInForce must be GTC when markets are paused.")
         if self._reject_next > 0:
@@ -466,6 +464,10 @@ class Exchange:
         account = self.accounts[order.api_key]
         book = ms.book
         limit_tick = check_price(ms.spec, "price", order.price) if order.is_limit_like else None
+        if ms.spec.status == "auction" and limit_tick is not None:
+            # No matching in an auction: the order rests until the uncross (set_market_status).
+            book.add(order.order_id, order.api_key, order.side, limit_tick, order.amount_remaining, order)
+            return
         if limit_tick is not None and order.post_only and would_take(book, order.side, limit_tick):
             self._finalize(order, "canceledPostOnly", "canceled")
             return
@@ -641,6 +643,8 @@ class Exchange:
         self._events.append(OrderEvent(order.api_key, order.market, order.to_ws(execution_type)))
 
     def _check_triggers(self, ms: MarketState) -> None:
+        if ms.spec.status != "trading":
+            return  # stops wait while a market is paused (a book in auction may even be crossed)
         for _ in range(MAX_TRIGGER_ROUNDS):
             if not ms.triggers:
                 return
@@ -981,8 +985,66 @@ class Exchange:
         ms = self._market(market)
         if status not in STATUSES:
             raise E.invalid("status", status)
+        previous = ms.spec.status
         ms.spec.status = status
         ms.last_step_ms = self._now()
+        self._t = ms.last_step_ms
+        if status == "trading" and previous in ("auction", "auctionMatching"):
+            self._uncross(ms)
+            self._check_triggers(ms)
+            self._emit_market_updates(ms)
+
+    # ---- auction -------------------------------------------------------------------------------
+    @staticmethod
+    def clearing_tick(book: OrderBook, reference: int | None) -> int | None:
+        """The single price of an uncross: the tick that executes the most volume; ties go to
+        the smallest imbalance, then to the tick nearest ``reference`` (the last trade), then
+        the lower tick. None when the book is not crossed."""
+        bid, ask = book.bids.best(), book.asks.best()
+        if bid is None or ask is None or bid < ask:
+            return None
+        candidates = sorted({t for t in book.bids.ticks if t >= ask} | {t for t in book.asks.ticks if t <= bid})
+        best_key, best_tick = None, None
+        for tick in candidates:
+            demand = sum((book.bids.levels[t].total for t in book.bids.ticks if t >= tick), ZERO)
+            supply = sum((book.asks.levels[t].total for t in book.asks.ticks if t <= tick), ZERO)
+            key = (-min(demand, supply), abs(demand - supply), abs(tick - reference) if reference is not None else 0)
+            if best_key is None or key < best_key:
+                best_key, best_tick = key, tick
+        return best_tick
+
+    def _uncross(self, ms: MarketState) -> None:
+        """End of an auction: match the crossed part of the book at one clearing price, in
+        price-time priority on each side. Both sides rested, so both pay the maker fee; the
+        public trade's side is that of the later order. Orders of one account never trade
+        with each other: the later one is canceled (cancelNewest)."""
+        book = ms.book
+        last = ms.last_price()
+        tick = self.clearing_tick(book, None if last is None else int(last / ms.spec.tick))
+        if tick is None:
+            return
+        price = ms.price(tick)
+        spec = ms.spec
+        while True:
+            bid, ask = book.bids.best(), book.asks.best()
+            if bid is None or ask is None or bid < tick or ask > tick:
+                return
+            b = next(iter(book.bids.levels[bid].orders.values()))
+            a = next(iter(book.asks.levels[ask].orders.values()))
+            later = b if b.seq > a.seq else a
+            if b.owner is not None and b.owner == a.owner:
+                book.remove(later)
+                later.order.restatement_reason = "cancelOnSelfTradePrevention"
+                self._finalize(later.order, "canceledSelfTradePrevention", "canceled")
+                continue
+            qty = min(b.remaining, a.remaining)
+            for r in (b, a):
+                book.reduce(r, qty)
+                if r.owner is None:
+                    self._settle_lp(r.side, spec.base, spec.quote, qty, qty * price)
+                else:
+                    self._settle_user(ms, r.order, qty, price, taker=False)
+            self._print_trade(ms, self._t, price, qty, later.side, self.ids.next(f"trade:{ms.market}"))
 
     def set_reject_next_orders(self, n: int, error_code: int = 230) -> None:
         self._reject_next = n
