@@ -96,8 +96,8 @@ def wire(service: Service, make_feed: FeedFactory) -> Feed:
                 files = await asyncio.to_thread(sink.compact_due)
                 metrics.parquet_files.inc(len(files))
                 await asyncio.to_thread(sink.apply_retention)
-            except OSError as exc:
-                log.error("parquet_maintenance_failed", error=f"{type(exc).__name__}: {exc}")
+            except Exception as exc:  # noqa: BLE001 - disk full, a bug: log, keep ingesting, retry next round
+                log.error("parquet_maintenance_failed", error=f"{type(exc).__name__}: {exc}", exc_info=exc)
             try:
                 await asyncio.wait_for(stop.wait(), timeout=s.compact_every_s)
             except asyncio.TimeoutError:

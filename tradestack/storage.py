@@ -21,6 +21,12 @@ a fresh ``HH.jsonl``, compacted later as another part), then written to
 ``.compacting`` file deleted. After a crash at any point, the next ``compact_due`` finishes
 the job: a ``.compacting`` file whose parquet exists is deleted, otherwise compacted again.
 Readers never see a partial Parquet file (only ``*.parquet`` is final).
+
+Cost (bench/storage.py). The file is converted in blocks of ``BLOCK_BYTES`` (one row group
+each) by Arrow's JSON reader and compute kernels, which release the GIL: the compactor's memory
+is bounded by the block, not the hour (an hour of the full book feed is ~11M rows, ~4 GB of
+JSONL), and the event loop beside it keeps running. A block Arrow refuses (a torn line) is
+converted line by line instead, with the same values.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ from typing import Any, Iterable, Iterator
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.json as pj
 import pyarrow.parquet as pq
 
 from tradestack.clock import SYSTEM_CLOCK, Clock
@@ -47,7 +54,9 @@ log = get_logger(__name__)
 DEC = pa.decimal128(38, 18)  # every price/amount: exact; 20 integer digits, 18 decimals
 LEVELS = pa.list_(pa.struct([("price", DEC), ("size", DEC)]))
 HOUR_MS = 3_600_000
-CHUNK_ROWS = 50_000
+# JSONL bytes parsed at a time at compaction, one Parquet row group each (~45k book deltas):
+# what bounds the compactor's memory, whatever the size of the hour.
+BLOCK_BYTES = 16 << 20
 _HOUR_FILE = re.compile(r"^(\d\d)\.jsonl$")
 _COMPACTING = re.compile(r"^(\d\d)\.(\d+)\.jsonl\.compacting$")
 _DAY = re.compile(r"^\d{4}-\d\d-\d\d$")
@@ -120,8 +129,9 @@ def row_line(recv_ms: int, data: bytes) -> bytes:
 
 class ParquetSink:
     def __init__(self, root: str | Path, clock: Clock = SYSTEM_CLOCK, retention_days: int = 0,
-                 fsync: bool = False) -> None:
+                 fsync: bool = False, block_bytes: int = BLOCK_BYTES) -> None:
         self.root = Path(root)
+        self.block_bytes = block_bytes
         self.clock = clock
         self.retention_days = retention_days
         self.fsync = fsync
@@ -131,6 +141,8 @@ class ParquetSink:
         self.rows_written: dict[str, int] = {}
         self.bytes_written: dict[str, int] = {}
         self.bad_lines = 0
+        self.fallback_blocks = 0  # blocks compacted line by line (see ``_block_table``)
+        self.rejected_rows = 0  # rows that fit no schema, kept in <hour>.rejected.jsonl
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -253,36 +265,72 @@ class ParquetSink:
         return [final]
 
     def _write_parquet(self, src: Path, dst: Path, kind: str) -> int:
+        """Stream ``src`` into ``dst`` one block (one row group) at a time: memory is bounded by
+        ``BLOCK_BYTES``, not by the hour, and the work runs in Arrow's C++ JSON reader and
+        kernels, which release the GIL, so the event loop keeps running beside it."""
         schema = schema_of(kind)
         cols = DATASETS[dataset_of(kind)]
+        json_schema = _json_schema(cols)
         rows = 0
         with pq.ParquetWriter(dst, schema, compression="zstd") as writer:
-            for chunk in self._chunks(src):
-                writer.write_table(build_table(chunk, cols, schema))
-                rows += len(chunk)
+            for block in _blocks(src, self.block_bytes):
+                table = self._block_table(block, src, cols, schema, json_schema)
+                if table.num_rows:
+                    writer.write_table(table)
+                    rows += table.num_rows
         with open(dst, "rb+") as fh:
             os.fsync(fh.fileno())
         return rows
 
-    def _chunks(self, src: Path) -> Iterator[list[dict[str, Any]]]:
-        chunk: list[dict[str, Any]] = []
-        with open(src, "rb") as fh:
-            for line in fh:
-                line = line.strip()
-                if not line:
-                    continue
-                try:
-                    row = orjson.loads(line)
-                except orjson.JSONDecodeError:
-                    self.bad_lines += 1  # a torn line of a killed writer: it was never XADDed
-                    log.warning("jsonl_line_skipped", path=str(src), bytes=len(line))
-                    continue
-                chunk.append(row)
-                if len(chunk) >= CHUNK_ROWS:
-                    yield chunk
-                    chunk = []
-        if chunk:
-            yield chunk
+    def _block_table(self, block: pa.Buffer, src: Path, cols: tuple[Column, ...], schema: pa.Schema,
+                     json_schema: pa.Schema) -> pa.Table:
+        try:
+            parsed = pj.read_json(pa.BufferReader(block),
+                                  read_options=pj.ReadOptions(use_threads=False, block_size=max(block.size, 1 << 20)),
+                                  parse_options=pj.ParseOptions(explicit_schema=json_schema,
+                                                                unexpected_field_behavior="ignore"))
+            return table_from_json(parsed, cols, schema)
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+            # A line Arrow's reader refuses (a torn line of a killed writer, a value of an
+            # unexpected JSON type): this block line by line, skipping torn lines; a value that
+            # fits no schema raises there as well.
+            self.fallback_blocks += 1
+            log.info("parquet_block_line_by_line", path=str(src), bytes=block.size, reason=str(exc)[:200])
+            rows = list(self._rows(block.to_pybytes(), src))
+            try:
+                return build_table(rows, cols, schema)
+            except (pa.ArrowException, ValueError, TypeError, KeyError, IndexError):
+                return build_table(self._without_rejects(rows, src, cols, schema), cols, schema)
+
+    def _without_rejects(self, rows: list[dict[str, Any]], src: Path, cols: tuple[Column, ...],
+                         schema: pa.Schema) -> list[dict[str, Any]]:
+        """The rows that convert; each one that fits no schema (a poison row) is appended to
+        ``<hour file>.rejected.jsonl`` beside the Parquet with the reason, never dropped silently
+        and never left to stop compaction of the rest of the hour."""
+        good = []
+        rejected = src.with_name(src.name.split(".", 1)[0] + ".rejected.jsonl")
+        for row in rows:
+            try:
+                build_table([row], cols, schema)
+            except (pa.ArrowException, ValueError, TypeError, KeyError, IndexError) as exc:
+                self.rejected_rows += 1
+                log.error("parquet_row_rejected", path=str(src), file=str(rejected), error=f"{type(exc).__name__}: {exc}"[:300])
+                with open(rejected, "ab") as fh:
+                    fh.write(orjson.dumps({"error": f"{type(exc).__name__}: {exc}"[:300], "row": row}) + b"\n")
+                continue
+            good.append(row)
+        return good
+
+    def _rows(self, data: bytes, src: Path) -> Iterator[dict[str, Any]]:
+        for line in data.split(b"\n"):
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                yield orjson.loads(line)
+            except orjson.JSONDecodeError:
+                self.bad_lines += 1  # a torn line of a killed writer: it was never XADDed
+                log.warning("jsonl_line_skipped", path=str(src), bytes=len(line))
 
     # -- retention -------------------------------------------------------------------------
 
@@ -332,6 +380,76 @@ def build_table(rows: list[dict[str, Any]], cols: tuple[Column, ...], schema: pa
         else:
             arrays.append(pa.array(values, field.type))
     return pa.Table.from_arrays(arrays, schema=schema)
+
+
+_JSON = {"int": pa.int64(), "str": pa.string(), "dec": pa.string(), "bool": pa.bool_(),
+         "levels": pa.list_(pa.list_(pa.string()))}
+
+
+def _json_schema(cols: tuple[Column, ...]) -> pa.Schema:
+    """The JSONL row as Arrow's JSON reader should type it (nested as written; decimals and
+    levels as the strings they are on the wire); fields not named here are ignored."""
+    tree: dict[str, Any] = {}
+    for col in cols:
+        node = tree
+        for key in col.path[:-1]:
+            node = node.setdefault(key, {})
+        node[col.path[-1]] = _JSON[col.kind]
+
+    def struct(node: dict[str, Any]) -> list[pa.Field]:
+        return [pa.field(k, pa.struct(struct(v)) if isinstance(v, dict) else v) for k, v in node.items()]
+
+    return pa.schema(struct(tree))
+
+
+def _levels(lists: pa.ListArray) -> pa.Array:
+    """``[["price", "size"], ...]`` per row → ``list<struct<price, size>>`` (a missing side: [])."""
+    if lists.null_count:
+        lists = pc.fill_null(lists, pa.scalar([], lists.type))
+    pairs = lists.values
+    if pairs.null_count or (len(pairs) and pc.min(pc.list_value_length(pairs)).as_py() < 2):
+        raise pa.ArrowInvalid("a level is not [price, size]")
+    inner = pa.StructArray.from_arrays([pc.cast(pc.list_element(pairs, 0), DEC), pc.cast(pc.list_element(pairs, 1), DEC)],
+                                       names=["price", "size"])
+    return pa.ListArray.from_arrays(lists.offsets, inner).cast(LEVELS)
+
+
+def table_from_json(parsed: pa.Table, cols: tuple[Column, ...], schema: pa.Schema) -> pa.Table:
+    """What Arrow's JSON reader made of a block (``_json_schema``) → a table of ``schema``; the
+    same values as ``build_table`` of the same rows."""
+    while any(pa.types.is_struct(f.type) for f in parsed.schema):
+        parsed = parsed.flatten()
+    arrays = []
+    for col in cols:
+        values = parsed.column(".".join(col.path))
+        if col.kind == "dec":
+            values = pc.cast(values, DEC)
+        elif col.kind == "levels":
+            values = pa.chunked_array([_levels(chunk) for chunk in values.chunks], LEVELS)
+        arrays.append(values)
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def _blocks(path: Path, size: int) -> Iterator[pa.Buffer]:
+    """The file in blocks of about ``size`` bytes, each ending at a line end (the last one
+    may not: a torn last line)."""
+    with open(path, "rb") as fh:
+        pos = 0
+        want = size
+        while True:
+            fh.seek(pos)
+            data = fh.read(want)
+            if not data:
+                return
+            cut = data.rfind(b"\n") + 1
+            if len(data) < want:  # the end of the file
+                cut = len(data)
+            elif cut == 0:  # one line longer than a block: read more
+                want *= 2
+                continue
+            yield pa.py_buffer(data)[:cut]
+            pos += cut
+            want = size
 
 
 def _fsync_dir(path: Path) -> None:
