@@ -7,9 +7,13 @@ the candle still forming (``current``). A candle is published ``closed`` exactly
 - when the WS shows the next period's candle, or when the clock passes its period end plus a
   grace (no trade since: Bitvavo sends nothing for a period without trades);
 - or by the backfill, which asks ``GET /{market}/candles`` from ``last_closed`` + one period to now.
+  A fetched candle is over when a later period has a candle (trades come in time order), or when
+  its period ended a grace before the request; the newest one still open becomes ``current``.
 
 While a (market, interval) waits for its backfill, WS closes for it are deferred to the
-backfill, so closed candles are published in order and ``last_closed`` never jumps a hole.
+backfill, so closed candles are published in order and ``last_closed`` never jumps a hole. A
+candle the WS shows to be over meanwhile is held (``held``), not dropped: the backfill publishes
+it with the rows it fetched (of two states of one period, the one with more volume is the later).
 
 No endless re-fetch: a period without trades simply has no candle; each backfill pass asks
 each (market, interval) once (a full page pages backwards, always moving ``end`` back), and only
@@ -24,6 +28,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from datetime import datetime, timezone
+from decimal import Decimal
 from time import perf_counter
 from typing import Any
 
@@ -67,6 +72,13 @@ def period_end(interval: str, open_ts: int) -> int:
     return open_ts + WIDTH_MS[interval]
 
 
+def _later(a: parse.Candle | None, b: parse.Candle) -> parse.Candle:
+    """Of two states of one period, the later: volume only grows as trades come in (ties: ``b``)."""
+    if a is None or Decimal(b.volume) >= Decimal(a.volume):
+        return b
+    return a
+
+
 def periods_back(interval: str, now: int, n: int) -> int:
     start = period_start(interval, now)
     for _ in range(n):
@@ -92,7 +104,9 @@ class CandleFeed(Feed):
         self.last_closed: dict[Key, int] = {}
         self.current: dict[Key, parse.Candle] = {}
         self.pending: set[Key] = set()  # waiting for a backfill
+        self.held: dict[Key, dict[int, parse.Candle]] = {}  # over while pending: the backfill publishes them
         self._queue: deque[Key] = deque()
+        self._queued: set[Key] = set()
         self._work = asyncio.Event()
         self._loaded = asyncio.Event()
         self.backfill_requests = 0
@@ -117,6 +131,8 @@ class CandleFeed(Feed):
     def forget(self, markets: set[str]) -> None:
         for key in [k for k in self.current if k[0] in markets]:
             del self.current[key]
+        for key in [k for k in self.held if k[0] in markets]:
+            del self.held[key]
         self.pending = {k for k in self.pending if k[0] not in markets}
 
     def on_connected(self) -> None:
@@ -126,8 +142,10 @@ class CandleFeed(Feed):
                 self._request_backfill((m, iv))
 
     def _request_backfill(self, key: Key) -> None:
-        if key not in self.pending:
-            self.pending.add(key)
+        # Queued again even while a backfill for it runs: that one may have asked before a reconnect.
+        self.pending.add(key)
+        if key not in self._queued:
+            self._queued.add(key)
             self._queue.append(key)
             self._work.set()
 
@@ -155,8 +173,11 @@ class CandleFeed(Feed):
             cur = self.current.get(key)
             if cur is not None and c.open_ts < cur.open_ts:
                 continue  # an older period's late update
-            if cur is not None and c.open_ts > cur.open_ts and key not in self.pending:
-                self._publish(cur, True, t0)  # the next period started: the previous one is over
+            if cur is not None and c.open_ts > cur.open_ts:  # the next period started: the previous one is over
+                if key in self.pending:
+                    self._hold(key, cur)  # published in order by the backfill
+                else:
+                    self._publish(cur, True, t0)
             self.current[key] = c
             self._publish(c, False, t0)
 
@@ -175,11 +196,15 @@ class CandleFeed(Feed):
                 closed += 1
         return closed
 
+    def _hold(self, key: Key, c: parse.Candle) -> None:
+        held = self.held.setdefault(key, {})
+        held[c.open_ts] = _later(held.get(c.open_ts), c)
+
     # -- backfill --------------------------------------------------------------------------
 
     async def backfill(self, key: Key) -> int:
         market, iv = key
-        now = self.clock.now_ms()
+        now = self.clock.now_ms()  # the answer is at least this recent
         last = self.last_closed.get(key)
         start = period_end(iv, last) if last is not None else periods_back(iv, now, self.backfill_periods)
         published = 0
@@ -193,23 +218,33 @@ class CandleFeed(Feed):
             if len(page) < REST_LIMIT:
                 break
             end = page[0].open_ts - 1  # always moves back: finite, even across periods without trades
-        rows.sort(key=lambda c: c.open_ts)
-        t0 = perf_counter()
-        now = self.clock.now_ms()
+        # What is known of each period after `last_closed`: the rows, the candles the WS showed to be
+        # over while we waited (held), and the one forming. Trades come in time order, so a period
+        # is over as soon as a later one has a candle; the newest is over once its period ended a
+        # grace before the request was made.
+        known: dict[int, parse.Candle] = {}
         for c in rows:
-            if c.open_ts <= self.last_closed.get(key, -1):
-                continue
-            if period_end(iv, c.open_ts) + self.close_grace_ms <= now:
+            known[c.open_ts] = _later(known.get(c.open_ts), c)
+        for c in self.held.pop(key, {}).values():
+            known[c.open_ts] = _later(known.get(c.open_ts), c)
+        cur = self.current.get(key)
+        if cur is not None:
+            known[cur.open_ts] = _later(known.get(cur.open_ts), cur)
+        done = self.last_closed.get(key, -1)
+        opens = sorted(ts for ts in known if ts > done)
+        t0 = perf_counter()
+        for i, ts in enumerate(opens):
+            c = known[ts]
+            if i + 1 < len(opens) or period_end(iv, ts) + self.close_grace_ms <= now:
                 self._publish(c, True, t0)
                 published += 1
                 if self.metrics is not None:
                     self.metrics.candles_backfilled.labels(interval=iv).inc()
-                cur = self.current.get(key)
-                if cur is not None and cur.open_ts <= c.open_ts:
+                if cur is not None and cur.open_ts <= ts:
                     del self.current[key]
+                    cur = None
             else:
-                cur = self.current.get(key)
-                if cur is None or cur.open_ts <= c.open_ts:
+                if c is not cur:
                     self.current[key] = c
                     self._publish(c, False, t0)
         return published
@@ -224,17 +259,19 @@ class CandleFeed(Feed):
             # Shortest interval first: its candles are due soonest.
             key = min(self._queue, key=lambda k: WIDTH_MS.get(k[1], 10**12))
             self._queue.remove(key)
+            self._queued.discard(key)
             if key[0] not in self.markets:
                 self.pending.discard(key)
+                self.held.pop(key, None)
                 continue
             try:
                 await self.backfill(key)
             except (RestError, parse.ParseError) as exc:
                 log.warning("candle_backfill_failed", market=key[0], interval=key[1], error=str(exc))
-                self._queue.append(key)  # once more in this pass, after the others
+                self._request_backfill(key)  # once more in this pass, after the others
                 await asyncio.sleep(1.0)
                 continue
-            if key not in self._queue:
+            if key not in self._queued:
                 self.pending.discard(key)
 
     async def load_published(self) -> None:
