@@ -192,6 +192,7 @@ class Exchange:
     def book(self, market: str, params: dict) -> dict:
         ms = self._market(market)
         self._check_params(params, ("depth", "market"))
+        self.step([ms])  # answer as of now, not as of the last market-loop tick (as Bitvavo does)
         depth = self._int_param(params, "depth", 1, 1000, 1000)
         self._data_available(ms, "getBook")
         book = ms.book
@@ -206,6 +207,7 @@ class Exchange:
     def public_trades(self, market: str, params: dict) -> list:
         ms = self._market(market)
         self._check_params(params, ("limit", "start", "end", "tradeIdFrom", "tradeIdTo", "market"))
+        self.step([ms])  # answer as of now, not as of the last market-loop tick (as Bitvavo does)
         limit = self._int_param(params, "limit", 1, 1000, 500)
         start, end = self._ts_param(params, "start"), self._ts_param(params, "end")
         ms.tape.expire(self._now())
@@ -216,6 +218,7 @@ class Exchange:
     def candles(self, market: str, params: dict) -> list:
         ms = self._market(market)
         self._check_params(params, ("interval", "limit", "start", "end", "market"))
+        self.step([ms])  # answer as of now, not as of the last market-loop tick (as Bitvavo does)
         interval = params.get("interval")
         if not interval:
             raise E.missing("interval")
