@@ -133,10 +133,6 @@ class OrderBook:
     def best_ask(self) -> int | None:
         return self.asks.best()
 
-    def level_size(self, side: str, tick: int) -> Decimal:
-        level = self.side(side).levels.get(tick)
-        return level.total if level is not None else ZERO
-
     def depth(self, side: str, n: int) -> list[tuple[int, Decimal]]:
         book_side = self.side(side)
         out = []

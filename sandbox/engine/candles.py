@@ -92,12 +92,6 @@ class CandleSeries:
     def row_json(start: int, row: list) -> list:
         return [start, fmt(row[0]), fmt(row[1]), fmt(row[2]), fmt(row[3]), fmt(row[4])]
 
-    def latest_json(self) -> list | None:
-        if not self.starts:
-            return None
-        start = self.starts[-1]
-        return self.row_json(start, self.rows[start])
-
     def query(self, limit: int, start: int | None, end: int | None) -> list[list]:
         """Newest first; start and end inclusive on the candle timestamp."""
         out = []
