@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import signal
 import sys
 from typing import Any, NoReturn
@@ -19,7 +18,7 @@ from pydantic import ValidationError
 from sandbox.server.faults import FaultSpec
 from sandbox.server.settings import SandboxSettings
 from tradestack.logs import configure_logging, get_logger
-from tradestack.service import GC_GEN0_THRESHOLD
+from tradestack import gc_tuning
 
 log = get_logger("sandbox")
 
@@ -89,11 +88,8 @@ async def serve(settings: SandboxSettings) -> None:
         loop.add_signal_handler(sig, stop.set)
     def announce(sb: Sandbox) -> None:
         # Latency: the made-up history and the books (hundreds of thousands of objects) never need
-        # collecting; move them out of the GC's view and collect the young generation less often,
-        # or every full collection walks them all while a client waits (as in tradestack.service).
-        gc.collect()
-        gc.freeze()
-        gc.set_threshold(GC_GEN0_THRESHOLD, 20, 20)
+        # collecting; the market loop keeps freezing what survives (tradestack.gc_tuning).
+        gc_tuning.settle()
         # Other processes parse these two lines: keep their format, print them first, flush now.
         print(f"REST {sb.rest_url}", flush=True)
         print(f"WS {sb.ws_url}", flush=True)

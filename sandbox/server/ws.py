@@ -28,6 +28,7 @@ log = get_logger(__name__)
 
 CANDLE_INTERVALS = ("1m", "5m", "15m", "30m", "1h", "2h", "4h", "6h", "8h", "12h", "1d", "1W", "1M")
 MARKET_CHANNELS = ("ticker", "ticker24h", "trades", "book", "account")
+WRITES_PER_TURN = 64  # frames per turn of the event loop on aiohttp's own (compressed) path
 SubKey = tuple[str, ...]  # ("book", m) | ("candles", interval, m) | ("account", api_key, m) | ...
 
 
@@ -90,7 +91,10 @@ class Session:
                     if batcher is not None:
                         await batcher.write(q)
                     else:
-                        await ws.send_frame(q.popleft(), WSMsgType.TEXT)
+                        for _ in range(min(len(q), WRITES_PER_TURN)):
+                            await ws.send_frame(q.popleft(), WSMsgType.TEXT)
+                    if q:  # a backlog goes out a batch per turn of the event loop, not in one go
+                        await asyncio.sleep(0)
                 self._wake.clear()
                 await self._wake.wait()
         except (ConnectionError, RuntimeError) as exc:  # peer went away mid-send

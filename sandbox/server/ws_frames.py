@@ -17,7 +17,7 @@ _TEXT_FIN = 0x81
 _LEN1 = struct.Struct("!BB").pack
 _LEN2 = struct.Struct("!BBH").pack
 _LEN8 = struct.Struct("!BBQ").pack
-MAX_BATCH_BYTES = 1 << 20  # per write: bounds the copy and lets other sockets have a turn
+MAX_BATCH_BYTES = 1 << 18  # per write (and per turn of the event loop): bounds the copy; a backlog takes several
 
 
 def frame_header(n: int) -> bytes:
