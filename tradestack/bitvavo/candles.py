@@ -19,6 +19,16 @@ No endless re-fetch: a period without trades simply has no candle; each backfill
 each (market, interval) once (a full page pages backwards, always moving ``end`` back), and only
 a reconnect starts a new pass. Requests go through the REST client's rate budget.
 
+A reconnect skips the fetch for a (market, interval) that was in step when the WS dropped (no
+backfill pending) and whose forming candle is of the period still running: a candle of period P
+was delivered, and trades of a market come in order, so whatever the outage lost came after a
+trade of P, and no period boundary lies between. Only P's state may lack trades of the outage, so
+the key is ``unconfirmed`` until the WS shows P again (Bitvavo sends the whole candle of the
+period on each trade: nothing is missing any more) or, if first the WS shows a later period or
+the clock passes P's end plus the grace, until a backfill fetched it (a ``recheck``: P may have
+had trades only during the outage, which the WS never shows). Any other key is fetched at once:
+a period boundary may lie in the outage, or there is no candle to tell where we were.
+
 On start, the newest entries of each ``bitvavo:candles:<interval>`` stream are read back to
 learn ``last_closed`` per market, so a restart publishes no closed candle twice and misses none.
 """
@@ -105,11 +115,16 @@ class CandleFeed(Feed):
         self.current: dict[Key, parse.Candle] = {}
         self.pending: set[Key] = set()  # waiting for a backfill
         self.held: dict[Key, dict[int, parse.Candle]] = {}  # over while pending: the backfill publishes them
+        # Skipped at a reconnect: ``current`` may lack trades of the outage until the WS shows its period
+        # again; never pending at the same time (a backfill request drops the key from here).
+        self.unconfirmed: set[Key] = set()
         self._queue: deque[Key] = deque()
         self._queued: set[Key] = set()
         self._work = asyncio.Event()
         self._loaded = asyncio.Event()
         self.backfill_requests = 0
+        self.backfills_skipped = 0  # at reconnects
+        self.rechecks = 0  # skipped keys fetched after all
 
     # -- subscriptions ---------------------------------------------------------------------
 
@@ -134,15 +149,43 @@ class CandleFeed(Feed):
         for key in [k for k in self.held if k[0] in markets]:
             del self.held[key]
         self.pending = {k for k in self.pending if k[0] not in markets}
+        self.unconfirmed = {k for k in self.unconfirmed if k[0] not in markets}
 
     def on_connected(self) -> None:
-        # Whatever happened while we were away is fetched again, per (market, interval), once.
+        # Whatever happened while we were away is fetched again, per (market, interval), once, unless
+        # the outage cannot have hidden a closed candle (see the module doc).
+        now = self.clock.now_ms()
+        fetch: dict[str, int] = {}
+        skipped: dict[str, int] = {}
         for m in sorted(self.markets):
             for iv in self.intervals:
-                self._request_backfill((m, iv))
+                key = (m, iv)
+                cur = self.current.get(key)
+                if key not in self.pending and cur is not None and cur.open_ts == period_start(iv, now):
+                    self.unconfirmed.add(key)
+                    skipped[iv] = skipped.get(iv, 0) + 1
+                else:
+                    self._request_backfill(key)
+                    fetch[iv] = fetch.get(iv, 0) + 1
+        n_skipped = sum(skipped.values())
+        self.backfills_skipped += n_skipped
+        if self.metrics is not None:
+            for iv, n in skipped.items():
+                self.metrics.candle_backfills_skipped.labels(interval=iv).inc(n)
+        if self.markets:
+            log.info("candle_backfills_planned", fetch=sum(fetch.values()), skipped=n_skipped,
+                     fetch_by_interval=fetch, skipped_by_interval=skipped)
+
+    def _recheck(self, key: Key) -> None:
+        """A skipped key's period may hold trades of the outage the WS will not show: fetch it."""
+        self.rechecks += 1
+        if self.metrics is not None:
+            self.metrics.candle_backfill_rechecks.labels(interval=key[1]).inc()
+        self._request_backfill(key)
 
     def _request_backfill(self, key: Key) -> None:
         # Queued again even while a backfill for it runs: that one may have asked before a reconnect.
+        self.unconfirmed.discard(key)  # the backfill covers the forming candle too
         self.pending.add(key)
         if key not in self._queued:
             self._queued.add(key)
@@ -173,6 +216,11 @@ class CandleFeed(Feed):
             cur = self.current.get(key)
             if cur is not None and c.open_ts < cur.open_ts:
                 continue  # an older period's late update
+            if key in self.unconfirmed:
+                if cur is not None and c.open_ts == cur.open_ts:
+                    self.unconfirmed.discard(key)  # the period's whole candle, trades of the outage included
+                else:
+                    self._recheck(key)  # `cur` may lack trades of the outage: held below, fetched
             if cur is not None and c.open_ts > cur.open_ts:  # the next period started: the previous one is over
                 if key in self.pending:
                     self._hold(key, cur)  # published in order by the backfill
@@ -186,14 +234,20 @@ class CandleFeed(Feed):
         if not self.connected.is_set():
             return 0  # while down we may have missed trades: the backfill after reconnect closes them
         now = self.clock.now_ms()
-        closed = 0
+        closed = rechecked = 0
         for key, c in list(self.current.items()):
             if key in self.pending:
                 continue
             if period_end(c.interval, c.open_ts) + self.close_grace_ms <= now:
+                if key in self.unconfirmed:  # no trade since the reconnect: the outage may have had some
+                    self._recheck(key)
+                    rechecked += 1
+                    continue
                 self._publish(c, True, perf_counter())
                 del self.current[key]
                 closed += 1
+        if rechecked:
+            log.info("candle_backfill_rechecks", count=rechecked)
         return closed
 
     def _hold(self, key: Key, c: parse.Candle) -> None:

@@ -55,6 +55,12 @@ class IngestMetrics:
         self.markets = m.gauge("markets", "Markets subscribed", [])
         self.candles_backfilled = m.counter("candles_backfilled_total", "Candles published from REST backfill", ["interval"])
         self.candles_closed = m.counter("candles_closed_total", "Closed candles published", ["interval"])
+        self.candle_backfills_skipped = m.counter("candle_backfills_skipped_total",
+                                                  "Reconnect backfills skipped (no period can have ended unseen)",
+                                                  ["interval"])
+        self.candle_backfill_rechecks = m.counter("candle_backfill_rechecks_total",
+                                                  "Skipped keys fetched after all (the WS did not confirm the period)",
+                                                  ["interval"])
         self.parquet_files = m.counter("parquet_files_total", "Parquet files written by compaction", [])
         self._pub = m.published
         self._obs = self.publish_latency.observe
