@@ -39,7 +39,8 @@ class IngestMetrics:
     """``trader_ingest_*`` on top of the service's standard set."""
 
     def __init__(self, m: ServiceMetrics) -> None:
-        self.ws_messages = m.counter("ws_messages_total", "WS events received, by channel and market", ["channel", "market"])
+        self.ws_messages = m.hot_counter("ws_messages_total", "WS events received, by channel and market",
+                                         ["channel", "market"])
         self.reconnects = m.counter("reconnects_total", "WS (re)connections after the first", [])
         self.ws_connected = m.gauge("ws_connected", "1 while the exchange WS is up", [])
         self.unexpected = m.counter("unexpected_frames_total", "WS frames not understood, by reason", ["reason"])
@@ -47,8 +48,8 @@ class IngestMetrics:
         self.nonce_gaps = m.counter("nonce_gaps_total", "Book nonce gaps or resets detected", ["market"])
         self.lag = m.histogram("exchange_lag_seconds", "Exchange event time to receive time", ["channel"],
                                buckets=LAG_BUCKETS)
-        self.publish_latency = m.histogram("publish_latency_seconds", "Receive to XADD done (disk first)", [],
-                                           buckets=PUBLISH_BUCKETS)
+        self.publish_latency = m.hot_histogram("publish_latency_seconds", "Receive to XADD done (disk first)",
+                                               buckets=PUBLISH_BUCKETS)
         self.rows = m.counter("rows_written_total", "Rows written to JSONL, by dataset", ["dataset"])
         self.bytes = m.counter("bytes_written_total", "Bytes written to JSONL, by dataset", ["dataset"])
         self.rest = m.counter("rest_requests_total", "REST requests, by endpoint and outcome", ["endpoint", "outcome"])
@@ -96,18 +97,13 @@ class Feed:
         self.markets: set[str] = set()
         self.ws: BitvavoWs | None = None
         self.connected = asyncio.Event()
-        self._counters: dict[tuple[str, str], Any] = {}
 
     def attach(self, ws: BitvavoWs) -> None:
         self.ws = ws
 
     def count(self, channel: str, market: str) -> None:
-        if self.metrics is None:
-            return
-        c = self._counters.get((channel, market))
-        if c is None:
-            c = self._counters[(channel, market)] = self.metrics.ws_messages.labels(channel=channel, market=market)
-        c.inc()
+        if self.metrics is not None:
+            self.metrics.ws_messages.inc((channel, market))
 
     def on_state(self, up: bool) -> None:
         if up:
