@@ -8,8 +8,8 @@ the same time:
 - a WS client in its own process, subscribed to book + trades + ticker + candles(1m) on every
   market, counts the events it receives (``ws_events_per_s``); like the official SDK it does not
   offer permessage-deflate unless ``--compress``;
-- an aiohttp REST client places and cancels limit orders (paced to stay inside the 1000
-  points/min budget) and measures each round trip, interleaved with ``GET /v2/time`` as the baseline.
+- an aiohttp REST client places and cancels limit orders (``--pairs-per-s``; the bench raises the
+  sandbox's rate-limit budget to fit that pace for any ``--secs``) and measures each round trip, interleaved with ``GET /v2/time`` as the baseline.
 Then a raw aiohttp WebSocket server broadcasting one fixed frame in a tight loop gives the
 ceiling of this machine's WS path (``raw_ws_broadcast_per_s``). Writes bench/results/sandbox.json.
 Loopback only; stops by itself.
@@ -214,7 +214,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pairs-per-s", type=float, default=20.0, help="order place+cancel pairs per second")
     args = ap.parse_args(argv)
 
-    env = dict(os.environ, SANDBOX_API_KEY=KEY, SANDBOX_API_SECRET=SECRET, SANDBOX_EUR="1000000")
+    # Budget for the pace (2 weight points a pair, 20% spare), never below Bitvavo's 1000/min.
+    points = max(1000, int(args.pairs_per_s * 2 * 60 * 1.2))
+    env = dict(os.environ, SANDBOX_API_KEY=KEY, SANDBOX_API_SECRET=SECRET, SANDBOX_EUR="1000000",
+               SANDBOX_RATELIMIT_POINTS_PER_MIN=str(points))
     cmd = [sys.executable, "-m", "sandbox", "--port", "0", "--activity", str(args.activity), "--history-hours", "0.2",
            "--log-level", "WARNING"]
     if args.markets:

@@ -12,7 +12,8 @@ of work):
 - ``settle()`` at start-up collects once, freezes (whatever is alive moves to the permanent
   generation, which is never walked), and turns automatic collection off;
 - every ``young_s`` it collects the young generation: the survivors of a few milliseconds;
-- every ``middle_s`` it collects the middle one: the survivors of about a second;
+- every ``middle_s`` it collects the middle one: the survivors of 25 ms (about 0.6 ms, p99 1.3 ms,
+  in the sandbox; every 100 ms it was 1.2 ms, p99 3.5 ms, and every second 15 ms);
 - every ``freeze_s`` it freezes the old generation (one list splice, not a walk);
 - every ``full_s`` it does one full collection (unfreeze, collect, freeze), logged with its pause.
   That frees cyclic garbage that reached the old generation (a closed connection's objects,
@@ -31,7 +32,7 @@ from tradestack.logs import get_logger
 log = get_logger(__name__)
 
 YOUNG_S = 0.005
-MIDDLE_S = 0.1
+MIDDLE_S = 0.025
 FREEZE_S = 10.0
 FULL_S = 6 * 3600.0
 

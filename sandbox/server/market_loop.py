@@ -88,15 +88,19 @@ class MarketLoop:
                 pass
             self._task = None
 
-    def publish_pending(self, flush: bool = True) -> None:
-        """Fan out whatever the engine has queued (also called right after API calls, which
-        flush at once: a client's own order and fill events are not held back)."""
+    def publish_pending(self, flush: bool = False) -> None:
+        """Fan out whatever the engine has queued; also called right after each API call. Order
+        and fill events (channel ``account``) leave at once; market data waits for the next
+        flush (at most ``FLUSH_S``), so a request does not also pay for writing everybody's
+        queued market data before its own answer."""
         publish = self.hub.publish
         for ev in self.exchange.drain_events():
             key, channel = event_route(ev)
             publish(key, channel, ev.to_ws)
         if flush:
             self.hub.flush()
+        elif self.hub.unflushed:
+            self.hub.flush_soon(FLUSH_S)  # also between two steps of the market loop
 
     def flush_books(self) -> None:
         publish = self.hub.publish
@@ -141,7 +145,7 @@ class MarketLoop:
                     t_slice = mono()
                     while i < len(states) and mono() - t_slice < SLICE_S:
                         self.exchange.step(states[i:i + STEP_SLICE])
-                        self.publish_pending(flush=False)
+                        self.publish_pending()
                         i += STEP_SLICE
                     if i < len(states):
                         if t_slice - last_flush >= FLUSH_S:

@@ -135,6 +135,7 @@ class Hub:
         self.sessions: dict[int, Session] = {}
         self.index: dict[SubKey, set[Session]] = {}
         self.unflushed: set[Session] = set()  # sessions with frames queued but their writer not woken
+        self._flush_timer: asyncio.TimerHandle | None = None
 
     def add(self, s: Session) -> None:
         self.sessions[s.id] = s
@@ -175,8 +176,9 @@ class Hub:
         if not subs:
             return
         data = _dumps(payload())
+        wake = channel == "account"  # a client's own orders and fills are not held back
         for s in tuple(subs):
-            s.send(data, wake=False)
+            s.send(data, wake=wake)
         self.metrics.ws_event(channel, len(subs))
 
     def flush(self) -> None:
@@ -184,6 +186,15 @@ class Hub:
         for s in self.unflushed:
             s._wake.set()
         self.unflushed.clear()
+
+    def flush_soon(self, delay_s: float) -> None:
+        """``flush`` within ``delay_s`` (one timer at a time)."""
+        if self._flush_timer is None:
+            self._flush_timer = asyncio.get_running_loop().call_later(delay_s, self._timed_flush)
+
+    def _timed_flush(self) -> None:
+        self._flush_timer = None
+        self.flush()
 
     def drop(self, which: str | int, mode: str = "close") -> int:
         victims = list(self.sessions.values())

@@ -139,6 +139,31 @@ def test_account_channel_gets_own_order_and_fill_events() -> None:
     run(scenario())
 
 
+def test_market_data_from_a_request_leaves_between_two_market_steps() -> None:
+    # The market loop steps once a minute here, so it never flushes in time: the book change an
+    # order makes must still reach a book subscriber within the flush interval (a socket of its
+    # own, which no account event wakes), and the order's own account event at once.
+    async def scenario() -> None:
+        async with sandbox(step_ms=60_000) as (sb, c):
+            async with c.http.ws_connect(sb.ws_url) as books, c.http.ws_connect(sb.ws_url) as mine:
+                await mine.send_json(_auth_msg())
+                assert (await mine.receive_json(timeout=5))["authenticated"] is True
+                await mine.send_json({"action": "subscribe", "channels": [{"name": "account", "markets": ["BTC-EUR"]}]})
+                await _until(mine, lambda m: m.get("event") == "subscribed")
+                await books.send_json({"action": "subscribe", "channels": [{"name": "book", "markets": ["BTC-EUR"]}]})
+                await _until(books, lambda m: m.get("event") == "subscribed")
+                status, order, _ = await c.call("POST", "/order", {
+                    "market": "BTC-EUR", "side": "buy", "orderType": "limit", "amount": "0.01", "price": "1000",
+                    "operatorId": 3})
+                assert status == 200, order
+                ev = await _until(mine, lambda m: m.get("event") == "order", timeout=5)
+                assert ev["orderId"] == order["orderId"]
+                await _until(books, lambda m: m.get("event") == "book" and ["1000", "0.01"] in m.get("bids", []),
+                             timeout=5)
+
+    run(scenario())
+
+
 def test_slow_client_is_dropped_without_blocking_others() -> None:
     class StuckWs:
         async def send_str(self, data: str) -> None:
