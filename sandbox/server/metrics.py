@@ -5,6 +5,8 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from tradestack.loop_lag import LAG_BUCKETS
+
 
 class Metrics:
     content_type = CONTENT_TYPE_LATEST
@@ -32,6 +34,10 @@ class Metrics:
         self.step_seconds = Histogram(
             "sandbox_step_duration_seconds", "Duration of one market-loop iteration (step + fan-out)",
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0), registry=r,
+        )
+        self.loop_lag_seconds = Histogram(
+            "sandbox_event_loop_lag_seconds", "How late a 5 ms timer fires: the longest a ready request can wait for the "
+            "event loop (tradestack/loop_lag.py)", buckets=LAG_BUCKETS, registry=r,
         )
         # Counted in a plain dict on the hot path (a Counter.inc takes a lock), moved into the
         # counter when scraped.

@@ -28,6 +28,7 @@ from sandbox.server.settings import SandboxSettings
 from sandbox.server.ws import Hub, WsHandler
 from tradestack.clock import SYSTEM_CLOCK, Clock
 from tradestack.logs import get_logger
+from tradestack.loop_lag import run_probe
 
 log = get_logger(__name__)
 T = TypeVar("T")
@@ -176,12 +177,14 @@ async def run_sandbox(
     assert server is not None and server.sockets, "server did not bind"
     sb.port = server.sockets[0].getsockname()[1]
     loop.start()
+    lag_probe = asyncio.create_task(run_probe(metrics.loop_lag_seconds.observe), name="sandbox-loop-lag")
     if on_ready is not None:
         on_ready(sb)  # before any log line: `python -m sandbox` prints its URL lines first
     log.info("sandbox_started", rest_url=sb.rest_url, ws_url=sb.ws_url, markets=len(exchange.market_ids))
     try:
         yield sb
     finally:
+        lag_probe.cancel()
         await loop.stop()
         hub.close_all()
         await asyncio.sleep(0)  # let close frames go out
