@@ -19,8 +19,28 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def machine() -> dict[str, Any]:
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
     return {"python": sys.version.split()[0], "platform": platform.platform(), "cpus": os.cpu_count(),
-            "machine": platform.machine()}
+            "machine": platform.machine(), "cpu_model": cpu}
+
+
+def pin(pid: int, core: int) -> None:
+    """Pin ``pid`` (0 = this process) to ``core``, or give it every core again (``core`` -1); a
+    no-op on one core or where the OS cannot."""
+    cores = os.cpu_count() or 1
+    if cores < 2:
+        return
+    try:
+        os.sched_setaffinity(pid, set(range(cores)) if core < 0 else {core})
+    except (AttributeError, OSError):
+        pass
 
 
 def percentile(values: list[float], q: float) -> float:

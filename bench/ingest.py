@@ -20,8 +20,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import platform
 import random
 import subprocess
 import sys
@@ -32,6 +30,8 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+
+from bench.common import bench_redis_binary, machine, percentile, pin
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "ingest.json"
@@ -117,13 +117,6 @@ async def serve(frames_path: str, n_markets: int, rate: float = 0.0) -> None:
 # -- the clients -------------------------------------------------------------------------------
 
 
-def pct(values: list[float], p: float) -> float:
-    if not values:
-        return float("nan")
-    s = sorted(values)
-    return s[min(len(s) - 1, int(len(s) * p))]
-
-
 async def run_ours(port: int, redis_url: str, n_events: int, n_markets: int, parquet_dir: str) -> dict[str, Any]:
     import redis.asyncio as aioredis
 
@@ -177,7 +170,7 @@ async def run_ours(port: int, redis_url: str, n_events: int, n_markets: int, par
     elapsed = done - seen["first"]
     lat = emitter.latencies
     return {"client": "ours", "events": seen["n"], "xadds": xadds, "elapsed_s": elapsed,
-            "events_per_s": seen["n"] / elapsed, "p50_ms": pct(lat, 0.50) * 1000, "p99_ms": pct(lat, 0.99) * 1000,
+            "events_per_s": seen["n"] / elapsed, "p50_ms": percentile(lat, 50) * 1000, "p99_ms": percentile(lat, 99) * 1000,
             "synced_books": sum(s.synced for s in feed.syncs.values()), "gaps": feed.gaps,
             "latency_excludes_warmup_events": warmup}
 
@@ -217,18 +210,11 @@ def run_naive(port: int, redis_url: str, n_events: int, n_markets: int) -> dict[
     except Exception:  # noqa: BLE001 - the SDK's close path is known to be noisy (reference §9.5)
         pass
     return {"client": "naive_sdk", "events": state["n"], "xadds": r.xlen("bench:naive:book"), "elapsed_s": elapsed,
-            "events_per_s": state["n"] / elapsed, "p50_ms": pct(lat, 0.50) * 1000, "p99_ms": pct(lat, 0.99) * 1000}
-
-
-def pin(core: int) -> None:
-    try:
-        os.sched_setaffinity(0, {core})
-    except (AttributeError, OSError):
-        pass
+            "events_per_s": state["n"] / elapsed, "p50_ms": percentile(lat, 50) * 1000, "p99_ms": percentile(lat, 99) * 1000}
 
 
 def client_main(args: argparse.Namespace) -> None:
-    pin(args.core)
+    pin(0, args.core)
     if args.client == "ours":
         with tempfile.TemporaryDirectory() as tmp:
             result = asyncio.run(run_ours(args.port, args.redis, args.events, args.markets, tmp))
@@ -255,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="second run at this rate for latency (~ the real full feed; 0 = skip)")
     args = p.parse_args(argv)
     if args.serve:
-        pin(1 if (os.cpu_count() or 1) > 1 else 0)
+        pin(0, 1)
         asyncio.run(serve(args.serve, args.markets, args.rate))
         return 0
     if args.client:
@@ -264,10 +250,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import redis as sync_redis
 
-    from bench.common import bench_redis_binary
     from tradestack.embedded_redis import EmbeddedRedis
 
-    cores = os.cpu_count() or 1
     with tempfile.TemporaryDirectory() as tmp:
         frames = generate(args.events, args.markets)
         path = Path(tmp) / "frames.txt"
@@ -275,11 +259,8 @@ def main(argv: list[str] | None = None) -> int:
         redis_bin, redis_version = bench_redis_binary()
         redis_srv = EmbeddedRedis(Path(tmp) / "redis", binary=redis_bin, appendonly=False).start()
         try:
-            if cores > 1 and getattr(redis_srv, "proc", None) is not None:
-                try:
-                    os.sched_setaffinity(redis_srv.proc.pid, {1})
-                except (AttributeError, OSError):
-                    pass
+            if getattr(redis_srv, "proc", None) is not None:
+                pin(redis_srv.proc.pid, 1)
             results = []
             runs = [(c, 0.0) for c in ["ours"] + ([] if args.skip_naive else ["naive"])]
             if args.paced_rate:
@@ -310,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     by = {r["client"]: r for r in results if r["feed_rate"] == "max"}
     summary: dict[str, Any] = {
         "feed": {"events": args.events, "markets": args.markets, "kind": "book deltas, 0-3 levels per side"},
-        "machine": {"cpus": cores, "python": platform.python_version(), "platform": platform.platform()},
+        "machine": machine(),
         "redis_server": {"binary": redis_bin, "version": redis_version},
         "results": results,
         "target": {"events_per_s": 20_000, "p99_ms": 5.0},

@@ -9,7 +9,8 @@ the same time:
   market, counts the events it receives (``ws_events_per_s``); like the official SDK it does not
   offer permessage-deflate unless ``--compress``;
 - an aiohttp REST client places and cancels limit orders (``--pairs-per-s``; the bench raises the
-  sandbox's rate-limit budget to fit that pace for any ``--secs``) and measures each round trip, interleaved with ``GET /v2/time`` as the baseline.
+  sandbox's rate-limit budget to fit that pace for any ``--secs``) and measures each round trip,
+  interleaved with ``GET /v2/time`` as the baseline.
 Then a raw aiohttp WebSocket server broadcasting one fixed frame in a tight loop gives the
 ceiling of this machine's WS path (``raw_ws_broadcast_per_s``). Writes bench/results/sandbox.json.
 Loopback only; stops by itself.
@@ -24,7 +25,6 @@ import hmac
 import json
 import multiprocessing as mp
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -36,17 +36,12 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from bench.common import machine, percentile, pin
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "sandbox.json"
 KEY = "b" * 64
 SECRET = "c" * 64
-
-
-def _pct(xs: list[float], p: float) -> float:
-    if not xs:
-        return float("nan")
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
 
 
 # -- WS consumer (own process, so the REST timings are not disturbed by frame decoding) ----------
@@ -192,18 +187,6 @@ def _raw_rate(secs: float) -> float:
 # -- main ------------------------------------------------------------------------------------------
 
 
-def _pin(pid: int, core: int) -> None:
-    """Pin ``pid`` (0 = this process) to ``core``, or let it use every core (-1); no-op where the
-    OS cannot, or on a single core."""
-    cores = os.cpu_count() or 1
-    if cores < 2:
-        return
-    try:
-        os.sched_setaffinity(pid, set(range(cores)) if core < 0 else {core})
-    except (AttributeError, OSError):
-        pass
-
-
 def _histogram(text: str, name: str) -> dict[str, Any]:
     """p99 upper bound (the first bucket holding 99% of samples) and share above 5 ms, from the
     cumulative buckets of a scraped histogram covering the whole run."""
@@ -219,20 +202,6 @@ def _histogram(text: str, name: str) -> dict[str, Any]:
     p99 = next(le for le, n in buckets if n >= 0.99 * total)
     upto_5ms = max((n for le, n in buckets if le <= 0.005), default=0.0)
     return {"p99_le_ms": p99 * 1000, "over_5ms_share": round(1 - upto_5ms / total, 5)}
-
-
-
-def _machine() -> dict[str, Any]:
-    cpu = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        cpu = platform.processor()
-    return {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
-            "cpu_model": cpu, "aiohttp": aiohttp.__version__}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -274,13 +243,13 @@ def main(argv: list[str] | None = None) -> int:
                                daemon=True)
         consumer.start()
         if args.pin:
-            _pin(proc.pid, 0)
-            _pin(consumer.pid, 1)
-            _pin(0, 1)  # this process: the REST client
+            pin(proc.pid, 0)
+            pin(consumer.pid, 1)
+            pin(0, 1)  # this process: the REST client
         time.sleep(warmup)  # bench pacing, not test synchronisation: let the subscription settle
         rtt = asyncio.run(_rtts(base, "BTC-EUR", args.secs, args.pairs_per_s))
         if args.pin:
-            _pin(0, -1)  # back to every core for the raw baseline
+            pin(0, -1)  # back to every core for the raw baseline
         ws_res = q.get(timeout=args.secs + 30)
         consumer.join(10)
         async def scrape() -> str:
@@ -305,17 +274,17 @@ def main(argv: list[str] | None = None) -> int:
         "pinned": bool(args.pin),
         "duration_s": args.secs,
         "order_rtt_p50_ms": round(statistics.median(rtt["order"]), 3),
-        "order_rtt_p99_ms": round(_pct(rtt["order"], 99), 3),
+        "order_rtt_p99_ms": round(percentile(rtt["order"], 99), 3),
         "order_rtt_max_ms": round(max(rtt["order"]), 3),
         "order_requests": len(rtt["order"]),
         "order_errors": int(rtt["errors"][0]),
         "baseline_rtt_p50_ms": round(statistics.median(rtt["time"]), 3),
-        "baseline_rtt_p99_ms": round(_pct(rtt["time"], 99), 3),
+        "baseline_rtt_p99_ms": round(percentile(rtt["time"], 99), 3),
         "raw_ws_broadcast_per_s": round(raw, 1),
         "server_step_mean_ms": round(1000 * step_sum / step_count, 3) if step_count else None,
         "server_loop_lag_p99_ms_at_most": lag["p99_le_ms"],
         "server_loop_lag_over_5ms_share": lag["over_5ms_share"],
-        "machine": _machine(),
+        "machine": {**machine(), "aiohttp": aiohttp.__version__},
         "command": "python -m bench.sandbox " + " ".join(argv if argv is not None else sys.argv[1:]),
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)

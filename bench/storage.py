@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import random
 import resource
 import shutil
@@ -47,6 +46,7 @@ from typing import Any, Iterator
 import orjson
 
 from bench.common import machine, percentile, write_result
+from tradestack.loop_lag import run_probe
 
 ROOT = Path(__file__).resolve().parent.parent
 HOUR_MS = 3_600_000
@@ -209,24 +209,15 @@ def _status_kb(field: str) -> int:
 
 
 async def _compact_with_probe(sink: Any) -> tuple[list[Path], float, list[float]]:
-    """``compact_due`` in a worker thread, as the ingest maintenance task runs it, while a probe
-    on the loop records how late a 1 ms sleep wakes up."""
+    """``compact_due`` in a worker thread, as the ingest maintenance task runs it, while the
+    loop-lag probe (tradestack/loop_lag.py) records how late a 1 ms timer fires."""
     lags: list[float] = []
-    done = asyncio.Event()
-
-    async def probe() -> None:
-        while not done.is_set():
-            t = time.perf_counter()
-            await asyncio.sleep(0.001)
-            lags.append(time.perf_counter() - t - 0.001)
-
-    task = asyncio.create_task(probe())
+    task = asyncio.create_task(run_probe(lags.append, interval_s=0.001))
     await asyncio.sleep(0.01)
     t = time.perf_counter()
     files = await asyncio.to_thread(sink.compact_due)
     elapsed = time.perf_counter() - t
-    done.set()
-    await task
+    task.cancel()
     return files, elapsed, lags
 
 

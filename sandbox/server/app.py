@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from sandbox.server import auth
 from sandbox.server.dispatch import API_ERRORS, Dispatcher
 from sandbox.server.endpoints import resolve
-from sandbox.server.errors import ApiError, error_fields, invalid_endpoint, invalid_json
+from sandbox.server.errors import error_fields, invalid_endpoint, invalid_json
 from sandbox.server.faults import FaultInjector
 from sandbox.server.metrics import Metrics
 from sandbox.server.ratelimit import Budget

@@ -88,7 +88,7 @@ class MarketLoop:
                 pass
             self._task = None
 
-    def publish_pending(self, flush: bool = False) -> None:
+    def publish_pending(self) -> None:
         """Fan out whatever the engine has queued; also called right after each API call. Order
         and fill events (channel ``account``) leave at once; market data waits for the next
         flush (at most ``FLUSH_S``), so a request does not also pay for writing everybody's
@@ -97,9 +97,7 @@ class MarketLoop:
         for ev in self.exchange.drain_events():
             key, channel = event_route(ev)
             publish(key, channel, ev.to_ws)
-        if flush:
-            self.hub.flush()
-        elif self.hub.unflushed:
+        if self.hub.unflushed:
             self.hub.flush_soon(FLUSH_S)  # also between two steps of the market loop
 
     def flush_books(self) -> None:
