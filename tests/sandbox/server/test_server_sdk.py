@@ -30,7 +30,7 @@ from python_bitvavo_api.bitvavo import Bitvavo
 from srv_helpers import KEY, SECRET, make_config
 
 from sandbox.server import Sandbox, SandboxSettings, SandboxThread
-from sandbox.server.runner import wait_for
+from tests.conftest import wait_until
 
 OP = 7  # operatorId, always sent
 
@@ -180,7 +180,7 @@ class Waiter:
             with self._lock:
                 return next((v for v in self.values.get(name, []) if pred(v)), None)
 
-        return wait_for(found, timeout)
+        return wait_until(found, timeout_s=timeout, what="an SDK callback value")
 
 
 def test_sdk_websocket_actions_and_subscriptions(sandbox_thread: tuple[SandboxThread, Sandbox]) -> None:
