@@ -12,7 +12,8 @@ Two clients, one after the other, each in its own process pinned to one core:
 
 Reported: events/s from first frame received to last XADD done, and receive → XADD latency
 p50/p99 per event; a first run with the feed as fast as possible (capacity: latency there is
-queueing), a second paced at ``--paced-rate`` (default 5000/s, above the real full feed) for latency. Prints a table and writes ``bench/results/ingest.json``.
+queueing), a second paced at ``--paced-rate`` (default 5000/s, above the real full feed) for latency.
+Prints a table and writes ``bench/results/ingest.json``.
 """
 
 from __future__ import annotations

@@ -7,10 +7,13 @@ Measures, in one run against the same Redis (our own, AOF everysec, unless BENCH
   pre-filled stream: XREADGROUP batch, decode, handle (new message with a derived id), encode,
   commit (XADD outputs + XACK in one atomic script, with the duplicate filter on). Timed from the
   first to the last output entry id, so process start-up is not counted;
+  The duplicate filter runs before the handler: one MGET of the batch's markers per batch;
 - ``msgs_per_s_no_dedupe``: the same with the duplicate filter off (DEDUPE_TTL_S=0);
+- ``msgs_per_s_state_writes``: the same with one hash write per message committed with its output
+  and ack (what the trading services do: positions, universe, PnL);
 - ``p50_ms``/``p99_ms``: added latency of one hop at a paced 1k msgs/s: XADD of the input to the
   output appearing, seen by a reader blocked on the output stream.
-Targets (issue 2): msgs_per_s >= 30k and ratio = msgs_per_s / raw_xadd_per_s >= 0.3; p99 < 2 ms.
+Targets (issues 2 and 9): ratio = msgs_per_s / raw_xadd_per_s >= 0.5 (0.3 at first); p99 < 2 ms.
 Results from another machine are not comparable; compare the ratio.
 """
 
@@ -82,8 +85,16 @@ def entry_ms(entry_id: bytes) -> int:
     return int(entry_id.split(b"-")[0])
 
 
+async def forget_handled(client: aioredis.Redis) -> None:
+    """Each run sends the same message ids: drop the previous run's duplicate markers and state."""
+    keys = [k async for k in client.scan_iter(match="dedupe:bench:*", count=10_000)]
+    for i in range(0, len(keys), 10_000):
+        await client.delete(*keys[i:i + 10_000])
+    await client.delete(IN, OUT, "test:state")
+
+
 async def throughput(client: aioredis.Redis, url: str, fields: list[dict[bytes, bytes]], **env: str) -> float:
-    await client.delete(IN, OUT)
+    await forget_handled(client)
     for i in range(0, len(fields), 1000):
         pipe = client.pipeline(transaction=False)
         for f in fields[i:i + 1000]:
@@ -165,11 +176,14 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         one = await single(client, fields[: min(5000, len(fields))])
         loop = await throughput(client, url, fields)
         loop_nd = await throughput(client, url, fields, DEDUPE_TTL_S="0")
+        loop_sw = await throughput(client, url, fields, STATE_WRITES="1")
         lat = await latency(client, url, args.latency_messages, args.rate)
         await client.aclose()
     return {
         "msgs_per_s": round(loop),
         "msgs_per_s_no_dedupe": round(loop_nd),
+        "msgs_per_s_state_writes": round(loop_sw),
+        "ratio_state_writes": round(loop_sw / raw, 3),
         "raw_xadd_per_s": round(raw),
         "single_xadd_per_s": round(one),
         "ratio": round(loop / raw, 3),
@@ -181,7 +195,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "read_count": 500,
         "redis_version": info.get("redis_version"),
         "machine": machine(),
-        "targets": {"msgs_per_s": 30000, "ratio": 0.3, "p99_ms": 2.0},
+        "targets": {"ratio": 0.5, "p99_ms": 2.0},
     }
 
 

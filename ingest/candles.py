@@ -33,8 +33,8 @@ class Settings(IngestSettings):
         return value
 
 
-def setup(service: Service) -> None:
-    s: Settings = service.settings  # type: ignore[assignment]
+def setup(service: Service[Settings]) -> None:
+    s = service.settings
 
     def make_feed(**kw: Any) -> CandleFeed:
         return CandleFeed(intervals=s.candle_intervals, redis=service.redis, close_grace_ms=s.candle_close_grace_ms,

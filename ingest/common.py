@@ -4,10 +4,11 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Callable
+from typing import Callable, TypeVar
 
 from pydantic import Field, field_validator
 
+from tradestack.aio import wait_or_stop
 from tradestack.backoff import Backoff
 from tradestack.bitvavo.emit import Emitter
 from tradestack.bitvavo.feeds import Feed, IngestMetrics, follow_universe, resolve_markets
@@ -56,10 +57,13 @@ class IngestSettings(CommonSettings):
 FeedFactory = Callable[..., Feed]
 
 
-def wire(service: Service, make_feed: FeedFactory) -> Feed:
+SettingsT = TypeVar("SettingsT", bound=IngestSettings)
+
+
+def wire(service: Service[SettingsT], make_feed: FeedFactory) -> Feed:
     """Register the ingest task: WS → feed → emitter (JSONL, then Redis), plus compaction,
     retention, market selection. ``make_feed(src=, emitter=, metrics=, clock=, rest=)``."""
-    s: IngestSettings = service.settings  # type: ignore[assignment]
+    s = service.settings
     metrics = IngestMetrics(service.metrics)
     sink = ParquetSink(s.parquet_dir, service.clock, retention_days=s.parquet_retention_days, fsync=s.parquet_fsync)
     emitter = Emitter(service.redis, sink, maxlen=s.stream_maxlen, max_pending=s.emit_max_pending, metrics=metrics,
@@ -98,10 +102,7 @@ def wire(service: Service, make_feed: FeedFactory) -> Feed:
                 await asyncio.to_thread(sink.apply_retention)
             except Exception as exc:  # noqa: BLE001 - disk full, a bug: log, keep ingesting, retry next round
                 log.error("parquet_maintenance_failed", error=f"{type(exc).__name__}: {exc}", exc_info=exc)
-            try:
-                await asyncio.wait_for(stop.wait(), timeout=s.compact_every_s)
-            except asyncio.TimeoutError:
-                pass
+            await wait_or_stop(stop, s.compact_every_s)
 
     async def run() -> None:
         stop = service.stop

@@ -25,8 +25,8 @@ class Settings(IngestSettings):
     book_resync_workers: int = Field(4, ge=1, le=32)
 
 
-def setup(service: Service) -> None:
-    s: Settings = service.settings  # type: ignore[assignment]
+def setup(service: Service[Settings]) -> None:
+    s = service.settings
 
     def make_feed(**kw: Any) -> BookFeed:
         return BookFeed(snapshot_every_s=s.book_snapshot_every_s, snapshot_depth=s.book_snapshot_depth,

@@ -21,7 +21,7 @@ class Settings(IngestSettings):
     metrics_port: int = Field(9610, ge=0, le=65535)
 
 
-def setup(service: Service) -> None:
+def setup(service: Service[Settings]) -> None:
     def make_feed(rest: Any, **kw: Any) -> TickerFeed:
         return TickerFeed(**kw)
 

@@ -17,8 +17,8 @@ from pydantic import ValidationError
 
 from sandbox.server.faults import FaultSpec
 from sandbox.server.settings import SandboxSettings
-from tradestack.logs import configure_logging, get_logger
 from tradestack import gc_tuning
+from tradestack.logs import configure_logging, get_logger
 
 log = get_logger("sandbox")
 

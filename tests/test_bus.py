@@ -50,12 +50,21 @@ def out_ids(client: redis.Redis, stream: str = OUT) -> list[str]:
     return [decode(fields).id for _, fields in client.xrange(stream)]
 
 
+def sample(loop: ConsumerLoop, name: str, **labels: str) -> float:
+    """A metric's value as a scrape would see it."""
+    value = loop.metrics.registry.get_sample_value(f"{loop.metrics.prefix}_{name}", labels)
+    return value or 0.0
+
+
 async def run_until(loops: list[ConsumerLoop], done: Any, timeout_s: float = 20.0) -> None:
     stop = asyncio.Event()
     tasks = [asyncio.create_task(loop.run(stop)) for loop in loops]
     deadline = asyncio.get_running_loop().time() + timeout_s
     try:
         while not await done():
+            for task in tasks:  # a crashed loop ends the wait at once, with its error
+                if task.done() and task.exception() is not None:
+                    raise task.exception()  # type: ignore[misc]
             if asyncio.get_running_loop().time() > deadline:
                 raise AssertionError("timed out waiting for the loops")
             await asyncio.sleep(0.01)  # polling a condition with a deadline
@@ -99,13 +108,13 @@ def test_slow_consumer_whose_entry_was_claimed_writes_nothing(redis_url: str, rc
 
         slow_loop = make_loop(redis_url, slow, "slow:1")
         fast_loop = make_loop(redis_url, passthrough(), "fast:2", claim_idle_ms=0)
-        await slow_loop._ensure_groups()
+        await slow_loop.ensure_groups()
         slow_task = asyncio.create_task(slow_loop.read_once(">", block_ms=None))
         await in_handler.wait()
         assert await fast_loop.claim_idle() == 1  # takes over and handles it
         gate.set()
         await slow_task  # the slow one's commit finds the entry no longer its own
-        assert slow_loop.metrics.messages.labels(stream=IN, outcome="skipped")._value.get() == 1
+        assert sample(slow_loop, "messages_total", stream=IN, outcome="skipped") == 1
         for loop in (slow_loop, fast_loop):
             await loop.redis.aclose()
 
@@ -129,7 +138,7 @@ def test_crash_between_handle_and_commit_writes_no_duplicate(redis_url: str, rcl
             raise Died()
 
         dying._commit = die  # type: ignore[assignment]
-        await dying._ensure_groups()
+        await dying.ensure_groups()
         with pytest.raises(Died):
             await dying.read_once(">", block_ms=None)
         assert rclient.xlen(OUT) == 0
@@ -151,7 +160,7 @@ def test_same_message_twice_is_dropped_downstream(redis_url: str, rclient: redis
     loop = make_loop(redis_url, passthrough(), "c:1")
 
     async def done() -> bool:
-        return loop.metrics.messages.labels(stream=IN, outcome="duplicate")._value.get() == 1
+        return sample(loop, "messages_total", stream=IN, outcome="duplicate") == 1
 
     asyncio.run(run_until([loop], done))
     assert out_ids(rclient) == [derive_id(msg.id, "out")]
@@ -196,7 +205,7 @@ def test_poison_messages_go_to_the_dlq_and_the_loop_goes_on(redis_url: str, rcli
         assert record.get(b"data") == fields.get(b"data")
     assert b"handler refused" in dead[-1][1][b"error"]
     assert rclient.xpending(IN, "svc")["pending"] == 0
-    assert loop.metrics.dlq.labels(stream=IN)._value.get() == len(cases) + 1
+    assert sample(loop, "dlq_total", stream=IN) == len(cases) + 1
 
 
 def test_transient_failure_is_retried_then_dead_lettered_past_the_limit(redis_url: str, rclient: redis.Redis) -> None:
@@ -215,7 +224,7 @@ def test_transient_failure_is_retried_then_dead_lettered_past_the_limit(redis_ur
 
     async def scenario() -> None:
         loop = make_loop(redis_url, handle, "c:1", claim_idle_ms=0, max_deliveries=3)
-        await loop._ensure_groups()
+        await loop.ensure_groups()
         await loop.read_once(">", block_ms=None)
         for _ in range(4):  # each round re-delivers what is still pending
             await loop.claim_idle()

@@ -6,6 +6,7 @@ import re
 from decimal import Decimal
 from typing import Any
 
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -14,8 +15,12 @@ from tests.stubs import event
 from tradestack.errors import PoisonMessage
 from tradestack.messages import Message, decode, derive_id, encode, message_types
 
-decimals = st.decimals(allow_nan=False, allow_infinity=False, places=8, min_value=Decimal("-1e12"),
-                       max_value=Decimal("1e12"))
+decimals = st.one_of(
+    st.decimals(allow_nan=False, allow_infinity=False, places=8, min_value=Decimal("-1e12"), max_value=Decimal("1e12")),
+    # values whose str() has an exponent: the encoder must still write them plainly
+    st.sampled_from([Decimal("1E-8"), Decimal("0E-8"), Decimal("1E+3"), Decimal("-2.5E+12"), Decimal("1.23E-7")]),
+)
+PLAIN_DECIMAL = re.compile(r"-?[0-9]+(\.[0-9]+)?")
 text = st.text(min_size=1, max_size=20)
 ints = st.integers(min_value=0, max_value=2**53)
 
@@ -58,6 +63,27 @@ def message_strategy(cls: type[Message]) -> st.SearchStrategy[Message]:
     return st.builds(cls, **fields)
 
 
+def assert_money_written_plainly(value: Any, wire: Any, path: str = "") -> None:
+    """Every Decimal of the message is a JSON string of digits on the wire: no exponent, not a number."""
+    if isinstance(value, Decimal):
+        assert isinstance(wire, str) and PLAIN_DECIMAL.fullmatch(wire), f"{path}: {wire!r} is not a plain decimal string"
+    elif isinstance(value, dict):
+        assert isinstance(wire, dict) and wire.keys() == value.keys(), path
+        for key, item in value.items():
+            assert_money_written_plainly(item, wire[key], f"{path}.{key}")
+    elif isinstance(value, (list, tuple)):
+        assert isinstance(wire, list) and len(wire) == len(value), path
+        for i, item in enumerate(value):
+            assert_money_written_plainly(item, wire[i], f"{path}[{i}]")
+
+
+def test_money_check_catches_an_exponent() -> None:
+    assert_money_written_plainly({"a": [Decimal("1E-8")]}, {"a": ["0.00000001"]})
+    for wire in ({"a": ["1E-8"]}, {"a": ["1e-8"]}, {"a": [1e-08]}):
+        with pytest.raises(AssertionError):
+            assert_money_written_plainly({"a": [Decimal("1E-8")]}, wire)
+
+
 @pytest.mark.parametrize("mtype", sorted(message_types()))
 def test_every_message_type_round_trips(mtype: str) -> None:
     cls = message_types()[mtype]
@@ -67,7 +93,7 @@ def test_every_message_type_round_trips(mtype: str) -> None:
     def round_trip(msg: Message) -> None:
         fields = encode(msg)
         assert fields[b"type"] == mtype.encode()
-        assert b"E" not in fields[b"data"].replace(b"EUR", b"") or "E" in repr(msg), "no exponent notation"
+        assert_money_written_plainly(msg.model_dump(), orjson.loads(fields[b"data"]))
         back = decode(fields)
         assert back == msg and type(back) is cls
 

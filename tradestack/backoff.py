@@ -1,4 +1,7 @@
-"""Capped exponential backoff with full jitter, for reconnects to Redis and the exchange."""
+"""Capped exponential backoff with jitter, for reconnects to Redis and the exchange.
+
+Not "full jitter" (uniform in [0, ceiling]): the delay never drops below ``base/2``, so a burst of
+failures cannot turn into a tight retry loop, and it still spreads reconnecting clients apart."""
 
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ class Backoff:
         self._rng = rng or random.Random()
 
     def next_delay(self) -> float:
-        """Full jitter: a uniform delay in [base/2, min(cap, base * 2^attempt)]."""
+        """A uniform delay in [base/2, ceiling], ceiling = min(cap, base * 2^attempt); then attempt += 1."""
         ceiling = min(self.cap_s, self.base_s * (2 ** min(self.attempt, 30)))
         self.attempt += 1
         return self._rng.uniform(min(self.base_s / 2, ceiling), ceiling)

@@ -29,7 +29,7 @@ from tradestack import streams
 from tradestack.backoff import Backoff
 from tradestack.config import DEFAULT_REDIS_URL, CommonSettings, load_settings_or_exit
 from tradestack.embedded_redis import EmbeddedRedis, is_reachable
-from tradestack.messages import TradingEvent, Trace, encode, new_id
+from tradestack.messages import Trace, TradingEvent, encode, new_id
 
 # Every process of DESIGN §1, in start order (producers first).
 PROCESSES: list[tuple[str, list[str]]] = [
@@ -94,7 +94,8 @@ class Stack:
 
     def start_redis(self) -> str:
         if "redis_url" in self.settings.model_fields_set:
-            say(f"using the configured REDIS_URL ({'reachable' if is_reachable(self.settings.redis_url) else 'NOT reachable yet: services will retry'})")
+            reachable = is_reachable(self.settings.redis_url)
+            say(f"using the configured REDIS_URL ({'reachable' if reachable else 'NOT reachable yet: services will retry'})")
             return self.settings.redis_url
         if is_reachable(DEFAULT_REDIS_URL) and not self.args.embedded_redis:
             say(f"using the Redis at {DEFAULT_REDIS_URL}")
@@ -130,7 +131,19 @@ class Stack:
                 "BITVAVO_API_KEY": key, "BITVAVO_API_SECRET": secret, "BITVAVO_OPERATOR_ID": "1"}
 
     def spawn(self, child: Child) -> None:
-        child.proc = subprocess.Popen([sys.executable, *child.args], env=self.env, stdin=subprocess.DEVNULL)
+        child.proc = subprocess.Popen([sys.executable, *child.args], env=self.child_env(child.name),
+                                      stdin=subprocess.DEVNULL)
+
+    def child_env(self, name: str) -> dict[str, str]:
+        """The stack follows the universe: tickers of every market feed the selector, books and
+        candles follow what it selected (unless INGEST_MARKETS is set)."""
+        env = dict(self.env)
+        if "INGEST_MARKETS" not in os.environ:
+            if name == "ingest_ticker24h":
+                env["INGEST_MARKETS"] = "all"
+            elif name in ("ingest_orderbook", "ingest_candles"):
+                env["INGEST_MARKETS"] = "universe"
+        return env
 
     def run(self) -> int:
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -212,6 +225,10 @@ def _forward(pipe: Any) -> None:
 # -- status -----------------------------------------------------------------------------
 
 
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
 def collect_status(client: redis.Redis, now_ms: int) -> dict[str, Any]:
     services = {}
     for name, _ in PROCESSES:
@@ -234,7 +251,7 @@ def collect_status(client: redis.Redis, now_ms: int) -> dict[str, Any]:
         stream_info[name] = {"length": length, "groups": groups, "dlq": dlq_len}
     kill = client.get(streams.KILL) == b"1"
     reason = client.get(streams.KILL_REASON)
-    pnl = {k.decode(): v.decode() for k, v in client.hgetall(streams.PNL).items()}
+    pnl = {_text(k): _text(v) for k, v in client.hgetall(streams.PNL).items()}
     return {"services": services, "streams": stream_info, "kill_switch": kill,
             "kill_reason": orjson.loads(reason) if reason else None, "pnl": pnl}
 
@@ -242,7 +259,8 @@ def collect_status(client: redis.Redis, now_ms: int) -> dict[str, Any]:
 def print_status(status: dict[str, Any], mode: str) -> None:
     kill = "ON" if status["kill_switch"] else "off"
     reason = status["kill_reason"]
-    print(f"mode: {mode}   kill switch: {kill}" + (f" ({reason.get('reason')} by {reason.get('by')})" if reason and status["kill_switch"] else ""))
+    why = f" ({reason.get('reason')} by {reason.get('by')})" if reason and status["kill_switch"] else ""
+    print(f"mode: {mode}   kill switch: {kill}{why}")
     print("\nservices")
     for name, s in status["services"].items():
         if not s["alive"]:
@@ -275,7 +293,8 @@ def set_kill(client: redis.Redis, on: bool, reason: str, now_ms: int) -> None:
     pipe = client.pipeline(transaction=True)
     pipe.set(streams.KILL, "1" if on else "0")
     pipe.set(streams.KILL_REASON, record)
-    pipe.xadd(streams.TRADING_EVENTS, encode(event))
+    fields: dict[Any, Any] = encode(event)  # xadd's parameter type is an invariant dict of its own key types
+    pipe.xadd(streams.TRADING_EVENTS, fields)
     pipe.execute()
 
 

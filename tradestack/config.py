@@ -55,6 +55,10 @@ class CommonSettings(BaseSettings):
     dedupe_ttl_s: int = Field(86_400, ge=0)  # 0 disables the duplicate filter on inputs
     stream_maxlen: dict[str, int] = Field(default_factory=dict)  # JSON: {"bitvavo:book": 100000}
 
+    # One active instance (core, executor): the lease's TTL, and how often a standby looks.
+    lease_ttl_ms: int = Field(3000, ge=500, le=60_000)
+    lease_poll_ms: int = Field(250, ge=10, le=10_000)
+
     parquet_dir: str = "./data/parquet"
 
     # Exchange (DESIGN §3)

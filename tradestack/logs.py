@@ -11,7 +11,7 @@ import logging
 import sys
 import time
 import traceback
-from typing import Any
+from typing import Any, MutableMapping
 
 import orjson
 
@@ -53,8 +53,8 @@ class JsonFormatter(logging.Formatter):
 class KVLogger(logging.LoggerAdapter):
     """A logger whose keyword arguments become JSON fields: ``log.info("evt", k=v)``."""
 
-    def process(self, msg: Any, kwargs: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
-        std = {k: kwargs.pop(k) for k in ("exc_info", "stack_info", "stacklevel") if k in kwargs}
+    def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, MutableMapping[str, Any]]:
+        std: dict[str, Any] = {k: kwargs.pop(k) for k in ("exc_info", "stack_info", "stacklevel") if k in kwargs}
         fields = dict(self.extra or {})
         fields.update(kwargs)
         std["extra"] = {"fields": fields}

@@ -1,7 +1,7 @@
 """Every message that travels between processes, typed and versioned, in one module.
 
 On the wire one stream entry is one message: field ``type`` names its schema (e.g.
-``intent.entry``) and field ``data`` holds the message as orjson JSON. Prices and amounts
+``intent.entry``) and field ``data`` holds the message as compact JSON (pydantic-core's encoder). Prices and amounts
 are decimal strings exactly as Bitvavo sends them and ``Decimal`` in memory; times are
 integer epoch milliseconds, UTC. Every message carries ``id``, ``ts`` (event time),
 ``src`` (service), ``trace`` (id and ts of the market event that started the chain) and
@@ -16,10 +16,11 @@ from __future__ import annotations
 import hashlib
 import uuid
 from decimal import Decimal
-from typing import Annotated, Any, ClassVar, Literal, Mapping
+from typing import Annotated, Any, ClassVar, Literal, Mapping, TypeVar
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, PlainSerializer, ValidationError
 
+from tradestack.clock import Clock
 from tradestack.errors import PoisonMessage
 
 
@@ -103,8 +104,33 @@ class Message(BaseModel):
                 raise TypeError(f"message type {cls.TYPE!r} declared twice")
             _REGISTRY[cls.TYPE] = cls
 
-    def child_trace(self) -> Trace:
-        return self.trace
+
+M = TypeVar("M", bound=Message)
+
+
+class MessageFactory:
+    """Builds a service's outputs, so no handler fills the envelope by hand.
+
+    ``child`` makes a message caused by an input: its id is derived from the input's id and a tag
+    (a replay makes the same id, and the next group drops it), ``ts`` is now on the service's
+    clock, ``src`` the service, ``trace`` the input's (the market event that started the chain).
+    ``root`` makes a message that no input caused (a timer's), its id derived from a key that names
+    the occasion (e.g. ``universe/<refresh time>``)."""
+
+    __slots__ = ("src", "clock")
+
+    def __init__(self, src: str, clock: Clock) -> None:
+        self.src = src
+        self.clock = clock
+
+    def child(self, parent: Message, cls: type[M], tag: str = "", **fields: Any) -> M:
+        return cls(id=derive_id(parent.id, tag or cls.TYPE), ts=self.clock.now_ms(), src=self.src,
+                   trace=parent.trace, v=cls.V, **fields)
+
+    def root(self, cls: type[M], key: str, trace: Trace | None = None, **fields: Any) -> M:
+        now = self.clock.now_ms()
+        msg_id = derive_id(f"{self.src}/{key}", cls.TYPE)
+        return cls(id=msg_id, ts=now, src=self.src, trace=trace or Trace(id=msg_id, ts=now), v=cls.V, **fields)
 
 
 def encode(msg: Message) -> dict[bytes, bytes]:
@@ -232,7 +258,12 @@ class UniverseChanged(Message):
 
 
 class SignalEmitted(Message):
+    """A strategy's call on one closed candle. v2: ``params`` (the strategy's parameters, so a
+    decision can say which settings made the call) and ``candle_open_ts`` (which candle)."""
+
     TYPE: ClassVar[str] = "signal"
+    V: ClassVar[int] = 2
+    v: int = 2
     market: str
     strategy: str
     side: Side
@@ -240,19 +271,74 @@ class SignalEmitted(Message):
     ref_price: Dec
     atr: Dec | None
     interval: str
+    candle_open_ts: int
     features: dict[str, float]
+    params: dict[str, str]
+
+
+class GuardCheck(BaseModel):
+    """One guard (or input/sizing check) of a decision: what it measured against which limit.
+
+    ``value`` and ``limit`` are strings: a decimal string for money and counts (``"187.50"``), a
+    word otherwise (``"on"``, ``"BTC-EUR"``); ``reason`` is the short code of a failed check."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    name: str
+    passed: bool
+    value: str
+    limit: str
+    reason: str | None = None
+
+
+class Sizing(BaseModel):
+    """How an entry's size was computed (trading core, sizing.py), all in quote (EUR) or base units.
+
+    ``loss_per_unit`` = entry·(1+fee) − stop·(1−fee): what one unit loses at a stop-out, fees in.
+    ``raw_size`` = ``risk_eur`` / ``loss_per_unit``; ``capped_size`` after the caps (``capped_by``
+    names the binding one); ``rounded_size`` down to the market's quantity decimals."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    equity: Dec
+    risk_mode: Literal["percent", "fixed"]
+    risk_value: Dec
+    risk_eur: Dec
+    entry_price: Dec
+    stop_price: Dec
+    stop_distance: Dec
+    fee_rate: Dec
+    loss_per_unit: Dec
+    raw_size: Dec
+    capped_size: Dec
+    capped_by: str | None
+    rounded_size: Dec
 
 
 class DecisionMade(Message):
-    """The trading core's verdict on one signal: accepted, or blocked with reasons."""
+    """The trading core's verdict on one signal: accepted, or blocked with every reason.
+
+    v2: enough to answer "why does (or doesn't) this order exist?" from the stream alone: the
+    strategy's parameters, the signal's reference price and ATR, every check with value and
+    limit (``checks``: the signal's own checks, then every guard in chain order; ``reasons`` are
+    the failed ones' codes, the first names the decision's event), the sizing
+    inputs (None when the signal was unusable), the planned stop/take-profit and the intent's id."""
 
     TYPE: ClassVar[str] = "decision"
+    V: ClassVar[int] = 2
+    v: int = 2
     signal_id: str
     market: str
     strategy: str
+    strategy_params: dict[str, str]
     side: Side
+    ref_price: Dec
+    atr: Dec | None
     accepted: bool
     reasons: list[str]
+    checks: list[GuardCheck]
+    sizing: Sizing | None
+    stop_price: Dec | None
+    take_profit_price: Dec | None
+    intent_id: str | None
     mode: Mode
 
 
@@ -261,42 +347,77 @@ class DecisionMade(Message):
 
 
 class EntryIntent(Message):
-    """Open a position: what the core wants the executor to do."""
+    """Open a position: what the core wants the executor to do.
+
+    v2: the links (``signal_id``, ``decision_id``), the strategy and its parameters, every guard
+    checked, the sizing inputs and the exit plan (trailing distance in quote, time stop), so the
+    intent alone explains the order. ``price`` is the limit price (None for a market order);
+    ``ref_price`` the price the size was computed at. The core always fills every field; an intent
+    made by hand (the ``MomentumIntent``/``MeanReversionIntent`` doors) has ``signal_id``,
+    ``ref_price`` and ``sizing`` None and no ``checks``, which says exactly that: no signal, no
+    guard, no sizing made it (the executor's own checks still apply)."""
 
     TYPE: ClassVar[str] = "intent.entry"
+    V: ClassVar[int] = 2
+    v: int = 2
     decision_id: str
+    signal_id: str | None
     market: str
     side: Side
     order_type: Literal["market", "limit"]
     amount: Dec
     price: Dec | None
+    ref_price: Dec | None
     stop_price: Dec
     take_profit_price: Dec | None
+    trailing_distance: Dec | None
+    time_stop_secs: int | None
     strategy: str
+    strategy_params: dict[str, str]
+    checks: list[GuardCheck]
+    sizing: Sizing | None
     mode: Mode
 
 
 class ExitIntent(Message):
-    """Close (part of) a position: take-profit, stop, trailing or emergency."""
+    """Close (part of) a position: take-profit, stop, trailing, time stop or emergency.
+
+    v2: ``position_id`` is the entry intent's id; ``trigger_price`` the book price that triggered
+    it (best bid for a long), ``level`` the take-profit/stop level it crossed (None for a time stop),
+    ``opened_ts`` when the position's first fill was booked."""
 
     TYPE: ClassVar[str] = "intent.exit"
+    V: ClassVar[int] = 2
+    v: int = 2
     position_id: str
     market: str
     side: Side
     order_type: Literal["market", "limit"]
     amount: Dec
     price: Dec | None
-    reason: Literal["take_profit", "stop_loss", "trailing_stop", "emergency", "manual"]
+    reason: Literal["take_profit", "stop_loss", "trailing_stop", "time_stop", "emergency", "manual"]
+    trigger_price: Dec | None
+    level: Dec | None
+    opened_ts: int | None
     mode: Mode
 
 
 class StopAmendIntent(Message):
-    """Move a resting stop (trailing stop)."""
+    """Move a resting stop up (trailing stop).
+
+    v2: ``previous_stop`` and the ``high_price`` (highest best bid since entry) the new stop trails
+    by ``trailing_distance`` (quote), and the ``amount`` the stop covers."""
 
     TYPE: ClassVar[str] = "intent.amend_stop"
+    V: ClassVar[int] = 2
+    v: int = 2
     position_id: str
     market: str
+    amount: Dec
     stop_price: Dec
+    previous_stop: Dec
+    high_price: Dec
+    trailing_distance: Dec
     mode: Mode
 
 

@@ -98,6 +98,18 @@ class ServiceMetrics:
         self.dry_run = Gauge(f"{p}_dry_run", "1 when DRY_RUN is on", registry=self.registry)
         self.redis_errors = self.counter("redis_errors_total", "Redis connection errors seen", [])
         self.claimed = self.counter("claimed_total", "Entries taken over from idle consumers", ["stream"])
+        self.handler_errors = self.counter("handler_errors_total", "Handler bugs (unexpected exceptions): each "
+                                           "message is dead-lettered at once", ["stream"])
+        self.timer_runs = self.counter("timer_runs_total", "Timer runs, by timer and outcome (ok, error)",
+                                       ["timer", "outcome"])
+        self.lease_held = Gauge(f"{p}_lease_held", "1 while this process holds its lease and acts; 0 as a "
+                                "standby (services without a lease: always 1)", registry=self.registry)
+        self.lease_token = Gauge(f"{p}_lease_token", "Fencing token of the lease held (0 = none)",
+                                 registry=self.registry)
+        self.rebuild_seconds = self.gauge("rebuild_seconds", "Time the last start-up rebuild of state from a "
+                                          "stream's history took", ["stream"])
+        self.rebuild_entries = self.gauge("rebuild_entries", "Entries folded by the last start-up rebuild",
+                                          ["stream"])
         self.set_state("starting")
 
     def counter(self, name: str, doc: str, labels: list[str]) -> Counter:

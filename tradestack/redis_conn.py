@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import redis.asyncio as aioredis
 
 from tradestack.config import CommonSettings
 
+_pack: Callable[..., bytes] | None
 try:
     import hiredis
 

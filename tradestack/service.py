@@ -13,22 +13,30 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import inspect
 import os
 import signal
 import socket
 import sys
-from typing import Any, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable, Generic, Iterable, Sequence, TypeVar
 
 import orjson
 import redis.asyncio as aioredis
 
 from tradestack import streams
-from tradestack.bus import REDIS_DOWN, ConsumerLoop, Handler, LoopConfig, Publisher, _wait, consumer_name
+from tradestack.aio import wait_or_stop
+from tradestack.backoff import Backoff
+from tradestack.bus import REDIS_DOWN, Committer, ConsumerLoop, Handler, LoopConfig, Publisher, StreamArg, consumer_name
 from tradestack.clock import SYSTEM_CLOCK, Clock
 from tradestack.config import CommonSettings, load_settings_or_exit
+from tradestack.effects import Effect
 from tradestack.errors import ConfigError, FatalError
+from tradestack.lease import Lease
 from tradestack.logs import configure_logging, get_logger
+from tradestack.messages import MessageFactory
 from tradestack.metrics import ServiceMetrics
+from tradestack.rebuild import Fold, Rebuild, fold_history
 from tradestack.redis_conn import connect_from_settings
 
 log = get_logger(__name__)
@@ -36,22 +44,43 @@ log = get_logger(__name__)
 GC_GEN0_THRESHOLD = 50_000
 STOP_BUDGET_S = 4.0  # of the 5 s a SIGTERM allows; the rest is for closing connections
 
+S = TypeVar("S", bound=CommonSettings)
+TimerFn = Callable[[], "Iterable[Effect] | Awaitable[Iterable[Effect]] | None"]
+Hook = Callable[[], "Awaitable[None] | None"]
 
-class Service:
-    """One process: its settings, metrics, Redis client, and the loops and tasks it runs."""
 
-    def __init__(self, name: str, settings: CommonSettings, metrics_prefix: str, *,
-                 clock: Clock = SYSTEM_CLOCK, redis: aioredis.Redis | None = None) -> None:
+@dataclass(frozen=True)
+class Timer:
+    name: str
+    every_s: float
+    fn: TimerFn
+
+
+class Service(Generic[S]):
+    """One process: its settings, metrics, Redis client, and the loops, timers and tasks it runs.
+
+    Start-up, in order: Redis answers; the lease is held (``use_lease``: a standby waits here);
+    consumer groups exist; ``on_start`` hooks run; ``rebuild`` folds history into the handlers'
+    state; then the loops, timers and tasks run. Timers' effects go through the same atomic,
+    lease-fenced commit as the loops'."""
+
+    def __init__(self, name: str, settings: S, metrics_prefix: str, *,
+                 clock: Clock = SYSTEM_CLOCK, redis: aioredis.Redis | None = None,
+                 metrics: ServiceMetrics | None = None) -> None:
         self.name = name
         self.settings = settings
         self.clock = clock
         self.consumer = consumer_name()
-        self.metrics = ServiceMetrics(metrics_prefix)
+        self.metrics = metrics or ServiceMetrics(metrics_prefix)
         self.redis = redis or connect_from_settings(settings, client_name=f"{name}:{self.consumer}")
         self.publisher = Publisher(self.redis, self.metrics, settings.stream_maxlen)
+        self.messages = MessageFactory(name, clock)
         self.stop = asyncio.Event()
         self.state = "starting"
+        self.role = "active"  # "standby" while waiting for the lease
         self.metrics_port: int | None = None
+        self.lease: Lease | None = None
+        self.summary: Callable[[], str] | None = None  # printed by --once
         # Fail safe: until Redis has told us the switch is off, it counts as on.
         self.kill_switch = True
         self._kill_known = False
@@ -60,24 +89,62 @@ class Service:
         self._health: dict[str, bool | None] = {"redis": None}
         self._redis_down = False  # one warning per outage
         self._loops: list[ConsumerLoop] = []
+        self._timers: list[Timer] = []
+        self._rebuilds: list[tuple[str, Fold, bool | None, float | None, float]] = []
+        self._hooks: list[Hook] = []
         self._tasks: list[tuple[str, Callable[[], Awaitable[None]]]] = []
+        self._committer: Committer | None = None
         self._beat_now = asyncio.Event()  # a state change is published at once, not at the next beat
         self.metrics.dry_run.set(1 if settings.dry_run else 0)
         self.metrics.kill_switch.set(1)
+        self.metrics.lease_held.set(1)
 
     # -- registration (called from setup) ------------------------------------------------
 
-    def consume(self, streams_in: Sequence[str], handler: Handler, **config: Any) -> ConsumerLoop:
-        """Run the one consumer loop over ``streams_in`` with this service's name as the group."""
+    def consume(self, streams_in: Sequence[StreamArg], handler: Handler, *, stateful: bool = False,
+                **config: Any) -> ConsumerLoop:
+        """Run the one consumer loop over ``streams_in`` (names or ``StreamSpec``s: start position,
+        duplicate filter) with this service's name as the group. ``config`` overrides LoopConfig
+        fields (e.g. ``read_count``). ``stateful``: see ConsumerLoop."""
         cfg = LoopConfig.from_settings(self.settings, **config)
+        names = [s if isinstance(s, str) else s.name for s in streams_in]
         loop = ConsumerLoop(self.redis, group=self.name, streams_in=streams_in, handler=handler,
                             metrics=self.metrics, config=cfg, consumer=self.consumer, clock=self.clock,
-                            on_health=lambda ok, key=f"loop:{','.join(streams_in)}": self._report(key, ok))
+                            on_health=lambda ok, key=f"loop:{','.join(names)}": self._report(key, ok),
+                            stateful=stateful, lease=self.lease)
         self._loops.append(loop)
         return loop
 
+    def every(self, seconds: float, fn: TimerFn, name: str | None = None) -> None:
+        """Call ``fn`` every ``seconds`` while active; the effects it returns are committed atomically
+        (lease-fenced), like a handler's. An exception is logged and counted; the timer goes on."""
+        if seconds <= 0:
+            raise ValueError("a timer needs a positive interval")
+        self._timers.append(Timer(name or getattr(fn, "__name__", "timer"), seconds, fn))
+
+    def rebuild(self, stream: str, fold: Fold, *, bound_to_group: bool | None = None,
+                history_s: float | None = None, timeout_s: float = 120.0) -> None:
+        """Fold ``stream``'s history through ``fold(msg, entry_id)`` before any loop reads (see
+        rebuild.py). ``bound_to_group``: stop where this service's group has read; by default, when
+        one of its loops consumes the stream. ``history_s``: read only the last so many seconds."""
+        self._rebuilds.append((stream, fold, bound_to_group, history_s, timeout_s))
+
+    def on_start(self, hook: Hook) -> None:
+        """Run ``hook`` once active, before the rebuild (e.g. load exchange rules, or a hash)."""
+        self._hooks.append(hook)
+
+    def use_lease(self, ttl_ms: int | None = None) -> Lease:
+        """Act only while holding the lease ``lease:<name>`` (one active instance; others wait as
+        hot standbys). Call before ``consume``. Every commit is fenced by its token."""
+        if self._loops:
+            raise RuntimeError("use_lease() must come before consume()")
+        self.lease = Lease(self.redis, self.name, self.consumer, ttl_ms or self.settings.lease_ttl_ms)
+        self.role = "standby"
+        self.metrics.lease_held.set(0)
+        return self.lease
+
     def add_task(self, name: str, factory: Callable[[], Awaitable[None]]) -> None:
-        """A long-running coroutine; it must return soon after ``self.stop`` is set."""
+        """A long-running coroutine, started once active; it must return soon after ``self.stop``."""
         self._tasks.append((name, factory))
 
     # -- state -------------------------------------------------------------------------
@@ -122,9 +189,9 @@ class Service:
                     log.warning("redis_unavailable", service=self.name, error=f"{type(exc).__name__}: {exc}")
                 self._report("redis", False)
                 self._set_kill(True, known=False)
-                await _wait(self.stop, 1.0)
+                await wait_or_stop(self.stop, 1.0)
                 continue
-            await _wait(self.stop, interval)
+            await wait_or_stop(self.stop, interval)
 
     def _set_kill(self, on: bool, known: bool) -> None:
         if on != self.kill_switch or known != self._kill_known:
@@ -138,7 +205,8 @@ class Service:
 
     def heartbeat_value(self) -> bytes:
         return orjson.dumps({
-            "service": self.name, "consumer": self.consumer, "state": self.state, "mode": self.settings.mode,
+            "service": self.name, "consumer": self.consumer, "state": self.state, "role": self.role,
+            "lease_token": self.lease.token if self.lease else None, "mode": self.settings.mode,
             "dry_run": self.settings.dry_run, "ts": self.clock.now_ms(), "metrics_port": self.metrics_port,
             "pid": os.getpid(), "host": socket.gethostname(),
         })
@@ -159,6 +227,136 @@ class Service:
             for waiter in waiters:
                 waiter.cancel()
 
+    # -- becoming active -----------------------------------------------------------------
+
+    async def _wait_for_redis(self) -> None:
+        backoff = Backoff(0.1, 5.0)
+        while not self.stop.is_set():
+            try:
+                await self.redis.ping()
+                return
+            except REDIS_DOWN:
+                await wait_or_stop(self.stop, backoff.next_delay())
+
+    async def _acquire_lease(self, give_up_after_s: float | None = None) -> bool:
+        assert self.lease is not None
+        waited = 0.0
+        poll_s = self.settings.lease_poll_ms / 1000.0
+        logged = False
+        while not self.stop.is_set():
+            try:
+                if await self.lease.try_acquire():
+                    self.role = "active"
+                    self.metrics.lease_held.set(1)
+                    self.metrics.lease_token.set(self.lease.token)
+                    log.info("lease_acquired", service=self.name, token=self.lease.token, holder=self.consumer)
+                    self._beat_now.set()
+                    return True
+                if not logged:
+                    logged = True
+                    log.info("standby", service=self.name, holder=await self.lease.current(),
+                             note="another instance is active; taking over when its lease expires")
+            except REDIS_DOWN:
+                pass  # the kill-switch watcher reports the outage
+            if give_up_after_s is not None and waited >= give_up_after_s:
+                return False
+            await wait_or_stop(self.stop, poll_s)
+            waited += poll_s
+        return False
+
+    async def _prepare(self) -> None:
+        """Groups, start hooks, rebuilds: once, before any loop reads. A Redis outage in the middle
+        would leave a half-folded state, so it stops the process (the restart folds afresh)."""
+        try:
+            for loop in self._loops:
+                await loop.ensure_groups()
+            for hook in self._hooks:
+                result = hook()
+                if inspect.isawaitable(result):
+                    await result
+            consumed = {stream for loop in self._loops for stream in loop.streams}
+            now_ms = self.clock.now_ms()
+            for stream, fold, bound, history_s, timeout_s in self._rebuilds:
+                bound = stream in consumed if bound is None else bound
+                since = None if history_s is None else now_ms - int(history_s * 1000)
+                rb = Rebuild(stream, fold, group=self.name if bound else None, since_ms=since, timeout_s=timeout_s)
+                result = await fold_history(self.redis, rb)
+                self.metrics.rebuild_seconds.labels(stream=stream).set(result.seconds)
+                self.metrics.rebuild_entries.labels(stream=stream).set(result.entries)
+                log.info("state_rebuilt", service=self.name, stream=stream, entries=result.entries,
+                         skipped=result.skipped, seconds=round(result.seconds, 3), bound_to_group=bound)
+        except REDIS_DOWN as exc:
+            raise FatalError(f"Redis went away while preparing ({type(exc).__name__}: {exc}); "
+                             f"restarting to rebuild the state afresh") from exc
+
+    def _timer_committer(self) -> Committer:
+        if self._committer is None:
+            self._committer = Committer(self.redis, group=self.name, consumer=self.consumer, metrics=self.metrics,
+                                        dedupe_ttl_s=self.settings.dedupe_ttl_s, maxlen=self.settings.stream_maxlen,
+                                        lease=self.lease)
+        return self._committer
+
+    async def run_timer(self, timer: Timer) -> None:
+        """One run of a timer: call it, commit its effects. Public for tests and ``--once``."""
+        result = timer.fn()
+        if inspect.isawaitable(result):
+            result = await result
+        effects = list(result or ())  # type: ignore[arg-type]
+        if effects:
+            await self._timer_committer().commit(None, [("", "", "ok", effects)])
+
+    async def _timer_task(self, timer: Timer) -> None:
+        while not await wait_or_stop(self.stop, timer.every_s):
+            try:
+                await self.run_timer(timer)
+                self.metrics.timer_runs.labels(timer=timer.name, outcome="ok").inc()
+            except FatalError:
+                raise
+            except REDIS_DOWN as exc:
+                self.metrics.timer_runs.labels(timer=timer.name, outcome="error").inc()
+                log.warning("timer_commit_failed", timer=timer.name, error=f"{type(exc).__name__}: {exc}")
+            except Exception as exc:  # a bug: log it loudly and keep the process (and its exits) running
+                self.metrics.timer_runs.labels(timer=timer.name, outcome="error").inc()
+                log.critical("timer_failed", timer=timer.name, error=f"{type(exc).__name__}: {exc}", exc_info=exc)
+
+    async def _renew_lease(self) -> None:
+        assert self.lease is not None
+        interval = self.lease.ttl_ms / 3000.0
+        while not await wait_or_stop(self.stop, interval):
+            try:
+                await self.lease.renew()  # LeaseLost stops the process: it must not act any more
+            except REDIS_DOWN:
+                pass  # unknown for now; the commit script's fence protects meanwhile
+
+    async def _active(self) -> None:
+        """Wait for Redis and the lease, prepare, then run loops, timers and tasks until stopped."""
+        await self._wait_for_redis()
+        if self.lease is not None and not await self._acquire_lease():
+            return
+        if self.stop.is_set():
+            return
+        await self._prepare()
+        children = [asyncio.create_task(cl.run(self.stop), name=f"consume:{','.join(cl.streams)}")
+                    for cl in self._loops]
+        children += [asyncio.create_task(self._timer_task(t), name=f"timer:{t.name}") for t in self._timers]
+        children += [asyncio.create_task(factory(), name=name) for name, factory in self._tasks]
+        if self.lease is not None:
+            children.append(asyncio.create_task(self._renew_lease(), name="lease"))
+        if not children:
+            await self.stop.wait()
+            return
+        try:
+            done, pending = await asyncio.wait(children, return_when=asyncio.FIRST_EXCEPTION)
+            for task in done:
+                if not task.cancelled() and task.exception() is not None:
+                    raise task.exception()  # type: ignore[misc]
+            if pending:
+                await asyncio.wait(pending)
+        finally:
+            for task in children:
+                if not task.done():
+                    task.cancel()
+
     # -- running -----------------------------------------------------------------------
 
     def request_stop(self, reason: str = "") -> None:
@@ -175,9 +373,19 @@ class Service:
         code = 0
         try:
             await asyncio.wait_for(self.redis.ping(), timeout=self.settings.redis_socket_timeout_s)
+            value = await self.redis.get(streams.KILL)
+            self._set_kill(value == b"1", known=True)
+            if self.lease is not None and not await self._acquire_lease(self.lease.ttl_ms / 1000.0 + 1.0):
+                print(f"tradestack: another {self.name} is active ({await self.lease.current()}); "
+                      f"--once does not decide beside it", file=sys.stderr, flush=True)
+                await self._close()
+                return 1
+            await self._prepare()
             for cl in self._loops:
                 handled = await cl.run_until_idle(self.stop)
-                log.info("drained_once", service=self.name, streams=cl.streams, batches=handled)
+                log.info("drained_once", service=self.name, streams=cl.streams, entries=handled)
+            if self.summary is not None:
+                print(self.summary(), flush=True)
         except (*REDIS_DOWN, asyncio.TimeoutError) as exc:
             log.error("redis_unavailable", service=self.name, error=f"{type(exc).__name__}: {exc}")
             code = 1
@@ -194,7 +402,7 @@ class Service:
                               f"(METRICS_ADDR/METRICS_PORT): {exc.strerror or exc}") from None
         log.info("service_started", service=self.name, consumer=self.consumer, mode=self.settings.mode,
                  dry_run=self.settings.dry_run, metrics=f"http://{self.settings.metrics_addr}:{self.metrics_port}/metrics",
-                 redis=_redacted(self.settings.redis_url))
+                 redis=_redacted(self.settings.redis_url), lease=self.lease is not None)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop, sig.name)
@@ -204,11 +412,8 @@ class Service:
         gc.freeze()
         gc.set_threshold(GC_GEN0_THRESHOLD, 20, 20)
         tasks = {asyncio.create_task(self._watch_kill_switch(), name="kill_switch"),
-                 asyncio.create_task(self._heartbeat(), name="heartbeat")}
-        for cl in self._loops:
-            tasks.add(asyncio.create_task(cl.run(self.stop), name=f"consume:{','.join(cl.streams)}"))
-        for name, factory in self._tasks:
-            tasks.add(asyncio.create_task(factory(), name=name))
+                 asyncio.create_task(self._heartbeat(), name="heartbeat"),
+                 asyncio.create_task(self._active(), name="active")}
 
         code = 0
         stop_waiter = asyncio.create_task(self.stop.wait())
@@ -248,6 +453,12 @@ class Service:
         return code
 
     async def _close(self) -> None:
+        if self.lease is not None:
+            try:  # a standby takes over at once instead of after the TTL
+                await asyncio.wait_for(self.lease.release(), 0.5)
+            except (*REDIS_DOWN, asyncio.TimeoutError):
+                pass  # it expires by its TTL
+            self.metrics.lease_held.set(0)
         try:
             # Say we stopped on purpose; the short TTL lets the key vanish soon after.
             await asyncio.wait_for(self.redis.set(streams.heartbeat(self.name), self.heartbeat_value(), ex=5), 0.5)
@@ -260,15 +471,17 @@ class Service:
         self.metrics.close()
 
 
-def run_service(name: str, settings_cls: type[CommonSettings], metrics_prefix: str,
-                setup: Callable[[Service], Awaitable[None] | None] | None = None,
-                once: bool = False) -> int:
-    """The whole of a process's ``main``: settings, logs, setup, run. Returns the exit code."""
+def run_service(name: str, settings_cls: type[S], metrics_prefix: str,
+                setup: Callable[[Service[S]], Awaitable[None] | None] | None = None,
+                once: bool = False, metrics: Callable[[], ServiceMetrics] | None = None) -> int:
+    """The whole of a process's ``main``: settings, logs, setup, run. Returns the exit code.
+    ``metrics``: builds the service's own ServiceMetrics subclass (its extra metrics on the same
+    registry and /metrics)."""
     settings = load_settings_or_exit(settings_cls)
     configure_logging(settings.log_level, service=name)
 
     async def _main() -> int:
-        service = Service(name, settings, metrics_prefix)
+        service = Service(name, settings, metrics_prefix, metrics=metrics() if metrics else None)
         if setup is not None:
             result = setup(service)
             if asyncio.iscoroutine(result):

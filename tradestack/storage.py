@@ -360,7 +360,7 @@ def build_table(rows: list[dict[str, Any]], cols: tuple[Column, ...], schema: pa
     """Rows → a table of ``schema``. Decimal strings are cast to decimal128 in Arrow (exact:
     a value that does not fit raises rather than rounds)."""
     arrays = []
-    for col, field in zip(cols, schema):
+    for col, field in zip(cols, schema, strict=True):
         values = [_get(r, col.path) for r in rows]
         if col.kind == "dec":
             arrays.append(pc.cast(pa.array(values, pa.string()), DEC))

@@ -15,7 +15,6 @@ CANDLES_PREFIX = "bitvavo:candles:"
 
 # Decisions and orders
 SIGNALS_BASELINE = "signals:baseline"  # default SIGNAL_STREAM
-SIGNALS_PATTERN = "signals:*"
 ORDERS_SIGNALS = "orders:signals"  # every decision of the trading core
 ORDERS_SHADOW = "orders:shadow"  # intents for the executor
 ORDERS_EXECUTED = "orders:executed"  # fills and order states from the executor

@@ -314,7 +314,8 @@ class Exchange:
         if status == "auction" and req.order_type == "market":
             raise E.market_status(status)  # limit orders rest, crossed or not, until the uncross
         if status == "auction" and req.time_in_force != "GTC":
-            raise ExchangeError(231, "The order is rejected by the matching engine. TimeInForce must be GTC when markets are paused.")
+            raise ExchangeError(
+                231, "The order is rejected by the matching engine. TimeInForce must be GTC when markets are paused.")
         if self._reject_next > 0:
             self._reject_next -= 1
             raise ExchangeError(self._reject_code, "The order is rejected by the matching engine.")

@@ -21,11 +21,8 @@ class ApiError(Exception):
 
 def error_fields(exc: BaseException) -> tuple[int, str, int]:
     """(errorCode, error, http status) of an ApiError or the engine's ExchangeError."""
-    return (
-        int(getattr(exc, "error_code")),
-        str(getattr(exc, "error")),
-        int(getattr(exc, "http_status")),
-    )
+    err: Any = exc  # either class: the same three attributes
+    return int(err.error_code), str(err.error), int(err.http_status)
 
 
 def auth_required() -> ApiError:

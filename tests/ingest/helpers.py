@@ -33,6 +33,23 @@ class FastClock:
         return time.monotonic()
 
 
+class FreezableClock:
+    """Wall time until ``freeze``, then that instant for good (monotonic stays real). Given to the
+    sandbox, it stops the simulated markets: a step with no time elapsed changes nothing."""
+
+    def __init__(self) -> None:
+        self.frozen_ms: int | None = None
+
+    def now_ms(self) -> int:
+        return self.frozen_ms if self.frozen_ms is not None else time.time_ns() // 1_000_000
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    def freeze(self) -> None:
+        self.frozen_ms = self.now_ms()
+
+
 async def poll(cond: Callable[[], Any], timeout_s: float = 20.0, what: str = "condition", every_s: float = 0.02) -> Any:
     """Poll a condition with a deadline (never a bare sleep as synchronisation)."""
     loop = asyncio.get_running_loop()

@@ -42,7 +42,7 @@ def test_candles_no_holes_no_duplicates_across_restart(redis_url: str, rclient: 
                                 candle_intervals=INTERVALS, candle_close_grace_ms=10_000, candle_backfill_periods=30,
                                 rest_points_per_min=900, ws_reconnect_base_s=0.05, ws_reconnect_cap_s=0.3)
             first_start = clock.now_ms()
-            for run in range(2):  # the second run is the restart mid-stream
+            for _run in range(2):  # the second run is the restart mid-stream
                 async with ingest_service("ingest_candles", settings, _feed, clock) as (service, feed):
                     await poll(lambda: feed._loaded.is_set() and not feed.pending and feed.connected.is_set(), 20,
                                "backfill done")
@@ -53,9 +53,9 @@ def test_candles_no_holes_no_duplicates_across_restart(redis_url: str, rclient: 
                         sb.faults.apply({"ws_drop": "all"})
                     await poll(lambda: not feed.pending and feed.connected.is_set(), 20, "backfill after drops")
                     # Let the minute in progress close (clock-driven close after the grace).
-                    target = clock.now_ms() - clock.now_ms() % 60_000
-                    await poll(lambda: all(feed.last_closed.get((m, "1m"), 0) >= target - 60_000 for m in markets),
-                               10, "last minute closed")
+                    last_open = clock.now_ms() - clock.now_ms() % 60_000 - 60_000
+                    await poll(lambda t=last_open: all(feed.last_closed.get((m, "1m"), 0) >= t for m in markets), 10,
+                               "last minute closed")
             await sb.loop.stop()
             closed: dict[tuple[str, str], list] = {}
             for iv in INTERVALS:

@@ -3,9 +3,7 @@ row that reached its streams; `python -m ingest.ticker24h` streams and exits 0 o
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
 from pathlib import Path
 
 import orjson

@@ -16,12 +16,18 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tradestack.bitvavo.book import mid_and_spread_bps
-from tradestack.bitvavo.parse import (candle_message, encode_book_delta, encode_book_top, levels_json, parse_book_event,
-                                      parse_candle_event, parse_ticker24h)
+from tradestack.bitvavo.parse import (
+    candle_message,
+    encode_book_delta,
+    encode_book_top,
+    levels_json,
+    parse_book_event,
+    parse_candle_event,
+    parse_ticker24h,
+)
 from tradestack.clock import FakeClock
 from tradestack.messages import encode_data
-from tradestack.storage import (DATASETS, ParquetSink, _json_schema, build_table, dataset_of, schema_of,
-                                table_from_json)
+from tradestack.storage import DATASETS, ParquetSink, _json_schema, build_table, dataset_of, schema_of, table_from_json
 
 T0 = 1_700_000_000_000  # 2023-11-14 22:13:20 UTC
 HOUR = 3_600_000

@@ -45,13 +45,14 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from tradestack import streams
+from tradestack.aio import wait_or_stop
 from tradestack.bitvavo import parse
 from tradestack.bitvavo.feeds import Feed
 from tradestack.bitvavo.rest import BitvavoRest, RestError
 from tradestack.bus import REDIS_DOWN
+from tradestack.errors import PoisonMessage
 from tradestack.logs import get_logger
 from tradestack.messages import CandleUpdated, decode, encode_data
-from tradestack.errors import PoisonMessage
 
 log = get_logger(__name__)
 
@@ -340,7 +341,7 @@ class CandleFeed(Feed):
                 entries = await self.redis.xrevrange(stream, max=end, min=b"-", count=2000)
                 if not entries:
                     break
-                for entry_id, fields in entries:
+                for _, fields in entries:
                     try:
                         msg = decode(fields)
                     except PoisonMessage:
@@ -351,8 +352,7 @@ class CandleFeed(Feed):
                             self.last_closed[key] = msg.open_ts
                 seen += len(entries)
                 last_id = entries[-1][0]
-                last_id = last_id.decode() if isinstance(last_id, bytes) else last_id
-                end = ("(" + last_id).encode()
+                end = b"(" + (last_id if isinstance(last_id, bytes) else str(last_id).encode())
                 if self.markets and all((m, iv) in self.last_closed for m in self.markets):
                     break
         log.info("candles_resumed", known=len(self.last_closed))
@@ -364,18 +364,12 @@ class CandleFeed(Feed):
                 break
             except REDIS_DOWN as exc:
                 log.warning("candles_resume_failed", error=f"{type(exc).__name__}: {exc}")
-                try:
-                    await asyncio.wait_for(stop.wait(), timeout=1.0)
-                except asyncio.TimeoutError:
-                    pass
+                await wait_or_stop(stop, 1.0)
         self._loaded.set()
         worker = asyncio.create_task(self._backfill_worker(stop), name="candle-backfill")
         try:
             while not stop.is_set():
-                try:
-                    await asyncio.wait_for(stop.wait(), timeout=self.close_check_s)
-                except asyncio.TimeoutError:
-                    pass
+                await wait_or_stop(stop, self.close_check_s)
                 self.close_due()
         finally:
             worker.cancel()

@@ -8,7 +8,7 @@ process dies between the two; ids are deterministic, so a reader can dedupe.)
 
 Batching: ``emit`` is synchronous and only queues; the writer task takes everything queued
 since its last round trip. Under load batches grow (throughput), when idle a row goes out
-at once (latency). ``full`` tells the reader to pause when Redis cannot keep up.
+at once (latency). ``backpressure`` makes the reader pause when Redis cannot keep up.
 """
 
 from __future__ import annotations
@@ -92,13 +92,6 @@ class Emitter:
         self._wake.set()
         if len(self._pending) >= self.max_pending:
             self._room.clear()
-
-    @property
-    def full(self) -> bool:
-        return not self._room.is_set()
-
-    async def wait_room(self) -> None:
-        await self._room.wait()
 
     def backpressure(self) -> "asyncio.Future[Any] | None":
         """For the WS reader: an awaitable while full, else None."""

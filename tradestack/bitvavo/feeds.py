@@ -16,8 +16,10 @@ from typing import Any, Iterable
 
 import orjson
 import redis.asyncio as aioredis
+from prometheus_client import Histogram
 
 from tradestack import streams
+from tradestack.aio import wait_or_stop
 from tradestack.bitvavo import parse
 from tradestack.bitvavo.book import BookSync, Status, mid_and_spread_bps
 from tradestack.bitvavo.emit import Emitter, Row
@@ -144,6 +146,10 @@ class Feed:
     def forget(self, markets: set[str]) -> None:
         """Markets no longer followed."""
 
+    def on_event(self, frame: dict[str, Any], t0: float) -> None:
+        """One WS frame of this feed's channel (``t0``: its receive ``perf_counter``)."""
+        raise NotImplementedError
+
     def on_connected(self) -> None:
         """A new connection: per-connection state starts over."""
 
@@ -198,7 +204,7 @@ class BookFeed(Feed):
         self._work = asyncio.Event()
         self.gaps = 0
         self.resyncs = 0
-        self._lag = None
+        self._lag: Histogram | None = None  # the labelled child, looked up once
 
     # -- markets and connections -------------------------------------------------------------
 
@@ -282,11 +288,7 @@ class BookFeed(Feed):
                    for i in range(self.resync_workers)]
         try:
             while not stop.is_set():
-                try:
-                    await asyncio.wait_for(stop.wait(), timeout=self.snapshot_every_s)
-                except asyncio.TimeoutError:
-                    pass
-                if stop.is_set():
+                if await wait_or_stop(stop, self.snapshot_every_s):
                     break
                 now = self.clock.now_ms()
                 for sync in list(self.syncs.values()):
@@ -358,10 +360,7 @@ async def resolve_markets(spec: list[str], rest: BitvavoRest, stop: asyncio.Even
             return markets
         except (RestError, parse.ParseError) as exc:
             log.warning("markets_fetch_failed", error=str(exc))
-            try:
-                await asyncio.wait_for(stop.wait(), timeout=5.0)
-            except asyncio.TimeoutError:
-                pass
+            await wait_or_stop(stop, 5.0)
     return []
 
 
@@ -374,7 +373,4 @@ async def follow_universe(redis: aioredis.Redis, feeds: list[Feed], stop: asynci
                 await feed.set_markets(members)
         except REDIS_DOWN as exc:
             log.warning("universe_read_failed", error=f"{type(exc).__name__}: {exc}")
-        try:
-            await asyncio.wait_for(stop.wait(), timeout=poll_s)
-        except asyncio.TimeoutError:
-            pass
+        await wait_or_stop(stop, poll_s)

@@ -19,23 +19,9 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any, Sequence
 
-import hashlib
-
 import orjson
 
-from tradestack.messages import (ID_NAMESPACE, BookDeltaReceived, BookTopUpdated, CandleUpdated, Ticker24hUpdated, Trace,
-                                 derive_id)
-
-_NS = ID_NAMESPACE.bytes
-
-
-def fast_derive_id(parent_id: str, tag: str = "") -> str:
-    """Exactly ``messages.derive_id`` (UUID5), without the ``uuid`` module's overhead (hot path)."""
-    h = bytearray(hashlib.sha1(_NS + f"{parent_id}/{tag}".encode()).digest()[:16])
-    h[6] = (h[6] & 0x0F) | 0x50
-    h[8] = (h[8] & 0x3F) | 0x80
-    x = h.hex()
-    return f"{x[:8]}-{x[8:12]}-{x[12:16]}-{x[16:20]}-{x[20:]}"
+from tradestack.messages import BookDeltaReceived, BookTopUpdated, CandleUpdated, Ticker24hUpdated, Trace, derive_id
 
 
 class ParseError(ValueError):
@@ -113,7 +99,7 @@ def parse_book_snapshot(answer: Any) -> BookEvent:
 
 
 def delta_id(market: str, nonce: int, timestamp: int) -> str:
-    return fast_derive_id(f"book/{market}/{nonce}/{timestamp}", "delta")
+    return derive_id(f"book/{market}/{nonce}/{timestamp}", "delta")
 
 
 _DELTA_TYPE = BookDeltaReceived.TYPE.encode()
@@ -150,7 +136,7 @@ def _plain(d: Decimal) -> str:
 def encode_book_top(market: str, top: tuple[Decimal, Decimal, Decimal, Decimal], mid: Decimal, spread_bps: Decimal,
                     nonce: int, exchange_ms: int, trace_id: str, src: str) -> tuple[str, bytes]:
     """(id, JSON) of a ``BookTopUpdated``; its trace is the book event that moved the top."""
-    msg_id = fast_derive_id(trace_id, "top")
+    msg_id = derive_id(trace_id, "top")
     bid, bid_size, ask, ask_size = top
     data = orjson.dumps({
         "id": msg_id, "ts": exchange_ms, "src": src, "trace": {"id": trace_id, "ts": exchange_ms}, "v": 1,

@@ -9,7 +9,7 @@ treated as dead. Half-way through a quiet spell the client probes with ``getTime
 so a merely idle subscription is not mistaken for a dead one.
 
 While down the client reports ``degraded`` (``on_state(False)``) and reconnects with capped
-exponential backoff and full jitter. Frames that are not JSON, not objects or not understood
+exponential backoff and jitter (``tradestack.backoff``). Frames that are not JSON, not objects or not understood
 are logged (rate-limited) and counted, never fatal; a subscribe error naming an unknown
 market drops that market and re-subscribes the rest.
 """
@@ -24,6 +24,7 @@ from typing import Any, Callable, Iterable
 import aiohttp
 import orjson
 
+from tradestack.aio import wait_or_stop
 from tradestack.backoff import Backoff
 from tradestack.clock import SYSTEM_CLOCK, Clock
 from tradestack.logs import get_logger
@@ -127,10 +128,7 @@ class BitvavoWs:
                     break
                 delay = self.backoff.next_delay()
                 log.info("ws_reconnect_scheduled", delay_s=round(delay, 3), attempt=self.backoff.attempt)
-                try:
-                    await asyncio.wait_for(stop.wait(), timeout=delay)
-                except asyncio.TimeoutError:
-                    pass
+                await wait_or_stop(stop, delay)
         finally:
             if own:
                 await session.close()
@@ -194,11 +192,7 @@ class BitvavoWs:
         probed_at = None
         tick = min(self.quiet_s / 4, 1.0)
         while not ws.closed:
-            try:
-                await asyncio.wait_for(stop.wait(), timeout=tick)
-            except asyncio.TimeoutError:
-                pass
-            if stop.is_set():
+            if await wait_or_stop(stop, tick):
                 await ws.close()
                 return
             quiet = self.clock.monotonic() - self._last_rx

@@ -8,7 +8,7 @@ crash writes the same ids and downstream drops the duplicates.
 from __future__ import annotations
 
 from tradestack import streams
-from tradestack.bus import Output
+from tradestack.effects import Output
 from tradestack.messages import DecisionMade, EntryIntent
 
 

@@ -92,7 +92,7 @@ def check_invariants(ex: Exchange) -> None:
         if bid is not None and ask is not None and ms.spec.status == "trading":
             assert bid < ask, (ms.market, bid, ask)
         for side in (ms.book.bids, ms.book.asks):
-            for tick, level in side.levels.items():
+            for level in side.levels.values():
                 assert level.total == sum((r.remaining for r in level.orders.values()), Decimal(0))
                 assert all(r.remaining > 0 for r in level.orders.values())
 

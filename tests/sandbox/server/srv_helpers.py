@@ -10,6 +10,7 @@ from decimal import Decimal
 from typing import Any, TypeVar
 
 import aiohttp
+
 from sandbox.engine.config import AccountSpec, SandboxConfig
 from sandbox.server import Sandbox, SandboxSettings, run_sandbox
 from sandbox.server.auth import sign

@@ -1,0 +1,592 @@
+"""The trading core's pure handler: signals in, decisions and intents out (DESIGN §4).
+
+``TradingCore`` holds the state (the shared ``PositionLedger``, in-flight intents, exit plans,
+cooldowns, today's realized PnL) and answers each input with a list of effects; the service
+(service.py) wires it to the streams. No I/O, no wall clock: time comes from the injected clock,
+so tests set it.
+
+Inputs and what they return:
+
+- ``on_signal(signal, kill_switch)``: exactly one ``DecisionMade`` to ``orders:signals`` (id
+  derived from the signal id: 100 copies make one id, and a copy gets the very same effects
+  back); for an accepted one an ``EntryIntent`` to ``orders:shadow`` (id derived from the
+  decision's); for a blocked buy a ``TradingEvent`` to ``trading:events`` with kind = the first
+  reason, at most one per kind per ``event_interval_secs`` (the next one says how many were
+  suppressed). Bad input never raises and never makes an intent: unknown market, a price ≤ 0,
+  no ATR under ``EXIT_MODE=atr`` each block with their reason. A **sell** signal never makes an
+  intent (spot, long only): without a position it is blocked ``spot_long_only``; with one it is
+  blocked ``sell_signal_ignored``, because exits belong to the position's plan (take-profit,
+  resting stop, trailing, time stop) rather than to whichever strategy fires next; neither makes
+  an event (they are normal, not alarms).
+- ``on_book(top)``: exit and stop-amend intents for the open position in that market; never
+  blocked by the kill switch or any guard.
+- ``on_timer()``: time stops of positions whose market has gone quiet (optional; on_book checks
+  them too).
+- ``on_executed(report)``: folds the report into the ledger (``PoisonMessage`` for a report that
+  can never be booked: nothing changes), marks intents final, starts the cooldown on a stop-out,
+  adds realized PnL to its UTC day (the report's ``ts``, so a rebuild books the same day).
+  Returns nothing.
+- ``on_intent(intent)``: learns one of the core's own past intents from ``orders:shadow``.
+
+Rebuild at start: feed ``orders:shadow`` to ``on_intent`` and ``orders:executed`` to
+``on_executed`` (either order, or interleaved); both emit nothing and give the same in-flight
+intents, positions, exit plans, cooldowns and daily PnL as live, because the live path learns its
+own outputs through the very same methods. ``on_executed`` raising ``PoisonMessage`` during a
+rebuild means that report was dead-lettered live: skip it.
+
+In-flight: an entry intent counts as exposure (``amount × ref/limit price`` minus what has filled)
+and as a position from the moment it is made until a final report (``filled``, ``canceled*``,
+``expired``, ``rejected``) for its buy order arrives. An intent the executor never reports on stays
+in flight (blocking, never overshooting). A stop-out is a sell report whose ``reason`` is
+``stop_loss`` or ``trailing_stop``, or a sell for one of our ``trailing_stop`` exit intents: the
+executor must set ``OrderExecuted.reason="stop_loss"`` on the resting stop's reports.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections import Counter, OrderedDict
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any, Literal
+
+from tradestack import streams
+from tradestack.clock import Clock
+from tradestack.effects import Effect, Output
+from tradestack.errors import ConfigError
+from tradestack.ledger import PositionLedger
+from tradestack.markets import MarketCatalog, MarketRules
+from tradestack.messages import (
+    BookTopUpdated,
+    DecisionMade,
+    EntryIntent,
+    ExitIntent,
+    GuardCheck,
+    Message,
+    MessageFactory,
+    Mode,
+    OrderExecuted,
+    SignalEmitted,
+    StopAmendIntent,
+    TradingEvent,
+    derive_id,
+)
+
+from .exits import (
+    AmendAction,
+    ExitAction,
+    ExitConfig,
+    PositionMonitor,
+    PositionPlan,
+    plan_levels,
+)
+from .guards import GuardChain, GuardContext, fmt
+from .sizing import RiskConfig, size_entry
+
+ZERO = Decimal(0)
+STOP_OUT_REASONS = frozenset({"stop_loss", "trailing_stop"})
+
+
+@dataclass(frozen=True, slots=True)
+class CoreConfig:
+    """Everything the core's decisions depend on (built once from the settings)."""
+
+    mode: Mode = "paper"
+    equity_eur: Decimal = Decimal(1000)  # paper equity; realized PnL is added to it
+    risk: RiskConfig = field(default_factory=RiskConfig)
+    exits: ExitConfig = field(default_factory=ExitConfig)
+    guards: GuardChain = field(default_factory=lambda: GuardChain.from_config(None))
+    entry_order_type: Literal["market", "limit"] = "market"
+    event_interval_secs: int = 60
+    decision_cache: int = 10_000  # signals whose effects are kept to answer copies identically
+
+    @classmethod
+    def from_settings(cls, settings: Any, mode: Mode) -> CoreConfig:
+        """From a settings object with the attributes below (see the service's Settings); any bad
+        value is one ConfigError line naming the setting."""
+        def get(name: str, default: Any) -> Any:
+            return getattr(settings, name, default)
+
+        def dec(name: str, default: str | None) -> Decimal | None:
+            value = get(name, default)
+            if value is None or value == "":
+                return None
+            try:
+                parsed = Decimal(str(value))
+            except ArithmeticError:
+                raise ConfigError(f"{name.upper()}={value!r} is not a number") from None
+            if not parsed.is_finite():
+                raise ConfigError(f"{name.upper()}={value!r} is not a finite number")
+            return parsed
+
+        def req(name: str, default: str) -> Decimal:
+            value = dec(name, default)
+            if value is None:
+                raise ConfigError(f"{name.upper()} must be set")
+            return value
+
+        try:
+            risk = RiskConfig(mode=get("risk_mode", "percent"), value=req("risk_value", "1"),
+                              fee_rate=req("core_taker_fee_rate", "0.0025"))
+            time_stop = get("exit_time_stop_secs", None)
+            exits = ExitConfig(
+                mode=get("exit_mode", "fixed"),
+                stop_loss_pct=req("exit_stop_loss_pct", "2"),
+                take_profit_pct=dec("exit_take_profit_pct", "4"),
+                stop_atr_mult=req("exit_stop_atr_mult", "2"),
+                take_profit_atr_mult=dec("exit_take_profit_atr_mult", "3"),
+                trailing=get("exit_trailing", "off"),
+                trailing_pct=req("exit_trailing_pct", "1.5"),
+                trailing_atr_mult=req("exit_trailing_atr_mult", "2"),
+                trailing_min_interval_secs=int(get("exit_trailing_min_interval_secs", 30)),
+                time_stop_secs=int(time_stop) if time_stop else None,
+                retry_secs=int(get("exit_retry_secs", 10)),
+            )
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        equity = req("core_equity_eur", "1000")
+        order_type = get("core_entry_order_type", "market")
+        if order_type not in ("market", "limit"):
+            raise ConfigError(f"CORE_ENTRY_ORDER_TYPE={order_type!r} must be market or limit")
+        interval = int(get("core_event_interval_secs", 60))
+        if interval < 0:
+            raise ConfigError("CORE_EVENT_INTERVAL_SECS must be >= 0")
+        return cls(mode=mode, equity_eur=equity, risk=risk, exits=exits,
+                   guards=GuardChain.from_config(get("core_guards", None)), entry_order_type=order_type,
+                   event_interval_secs=interval)
+
+
+@dataclass(slots=True)
+class InFlight:
+    intent_id: str
+    kind: Literal["entry", "exit"]
+    market: str
+    asset: str
+    notional: Decimal  # entry: what it may spend (quote); exit: 0
+    made_ms: int
+
+
+@dataclass(slots=True)
+class _EventWindow:
+    last_ms: int
+    suppressed: int = 0
+
+
+def utc_day(ts_ms: int) -> str:
+    return dt.datetime.fromtimestamp(ts_ms / 1000, tz=dt.UTC).date().isoformat()
+
+
+class TradingCore:
+    """The pure decider; see the module docstring."""
+
+    def __init__(self, config: CoreConfig, catalog: MarketCatalog, factory: MessageFactory, clock: Clock,
+                 ledger: PositionLedger | None = None) -> None:
+        self.config = config
+        self.catalog = catalog
+        self.factory = factory
+        self.clock = clock
+        self.ledger = ledger if ledger is not None else PositionLedger()
+        self.monitor = PositionMonitor(config.exits)
+        self._catalog_markets = frozenset(catalog)
+        self._inflight: dict[str, InFlight] = {}
+        self._final: set[tuple[str, str]] = set()  # (intent id, side) with a final report
+        self._filled_quote: dict[str, Decimal] = {}  # intent id → quote its buy orders filled
+        self._known_intents: set[str] = set()
+        self._exit_reasons: dict[str, str] = {}  # exit intent id → reason
+        self._decided: OrderedDict[str, list[Effect]] = OrderedDict()
+        self._decided_before: set[str] = set()  # signals whose intents were learned from history
+        self._bids: dict[str, Decimal] = {}
+        self._last_book: dict[str, BookTopUpdated] = {}
+        self._stop_outs: dict[str, int] = {}  # market → last stop-out (report ts)
+        self._sold: dict[str, int] = {}  # intent id → last sell fill's ts (stop-outs learned late)
+        self._daily_realized: dict[str, Decimal] = {}
+        self._events: dict[str, _EventWindow] = {}
+        self._equity_override: Decimal | None = None
+        # metrics
+        self.decisions: Counter[tuple[str, str]] = Counter()  # (outcome, first reason)
+        self.blocked_reasons: Counter[str] = Counter()  # every reason of every blocked decision
+        self.intents: Counter[str] = Counter()  # entry, exit, amend_stop (made live)
+        self.events_suppressed = 0
+
+    # -- inputs -----------------------------------------------------------------------------
+
+    def on_signal(self, msg: SignalEmitted, kill_switch: bool) -> list[Effect]:
+        cached = self._decided.get(msg.id)
+        if cached is not None:
+            return list(cached)
+        if msg.id in self._decided_before:
+            return []  # decided before a restart; its outputs are already in the streams
+        effects = self._decide(msg, kill_switch)
+        self._decided[msg.id] = effects
+        while len(self._decided) > self.config.decision_cache:
+            self._decided.popitem(last=False)
+        return list(effects)
+
+    def on_book(self, msg: BookTopUpdated) -> list[Effect]:
+        if msg.bid <= 0:
+            return []
+        self._bids[msg.market] = msg.bid
+        self._last_book[msg.market] = msg
+        if msg.market not in self.monitor.plans:
+            return []
+        return self._act(self.monitor.on_book(msg.market, msg.bid, self.clock.now_ms()), msg)
+
+    def on_timer(self) -> list[Effect]:
+        """Time stops for positions whose market sent no book top lately (call every few seconds)."""
+        out: list[Effect] = []
+        now = self.clock.now_ms()
+        for action in self.monitor.on_time(now, self._bids):
+            out.extend(self._act([action], self._last_book[action.market]))
+        return out
+
+    def on_executed(self, msg: OrderExecuted) -> list[Effect]:
+        booking = self.ledger.apply(msg)  # PoisonMessage: nothing has changed
+        if booking is None:
+            return []
+        if booking.side == "buy":
+            self._filled_quote[msg.intent_id] = self._filled_quote.get(msg.intent_id, ZERO) + booking.delta_quote
+        if booking.realized:
+            day = utc_day(msg.ts)
+            self._daily_realized[day] = self._daily_realized.get(day, ZERO) + booking.realized
+        if booking.side == "sell" and booking.delta_amount > 0:
+            self._sold[msg.intent_id] = max(self._sold.get(msg.intent_id, 0), msg.ts)
+            if msg.reason in STOP_OUT_REASONS or self._exit_reasons.get(msg.intent_id) in STOP_OUT_REASONS:
+                self._stop_out(msg.market, msg.ts)
+        if booking.became_final:
+            self._final.add((msg.intent_id, booking.side))
+            flight = self._inflight.get(msg.intent_id)
+            if flight is not None and (flight.kind == "entry") == (booking.side == "buy"):
+                del self._inflight[msg.intent_id]
+                if flight.kind == "exit":
+                    self.monitor.exit_done(msg.market, msg.intent_id)
+        pos = self.ledger.position(msg.market)
+        size = pos.size if pos is not None else ZERO
+        self.monitor.on_fill(msg.market, size, pos.avg_price if pos is not None else None, msg.ts)
+        if size == 0 and not self._entry_in_flight(msg.market):
+            self.monitor.close(msg.market)
+        return []
+
+    def on_intent(self, msg: Message) -> list[Effect]:
+        """Learn one of the core's own intents from ``orders:shadow`` (rebuild). Emits nothing."""
+        if isinstance(msg, EntryIntent):
+            self._learn_entry(msg)
+        elif isinstance(msg, ExitIntent):
+            self._learn_exit(msg)
+        elif isinstance(msg, StopAmendIntent):
+            self._learn_amend(msg)
+        return []
+
+    def prime_book(self, msg: BookTopUpdated) -> None:
+        """Remember a book top without acting on it: at start, the latest top of each market (so
+        exposure is valued at the same marks as before the restart)."""
+        if msg.bid > 0:
+            self._bids[msg.market] = msg.bid
+            self._last_book[msg.market] = msg
+
+    def set_equity(self, equity_eur: Decimal | None) -> None:
+        """Equity from outside (e.g. the exchange balance); None returns to config + realized."""
+        self._equity_override = equity_eur
+
+    @property
+    def equity(self) -> Decimal:
+        if self._equity_override is not None:
+            return self._equity_override
+        return self.config.equity_eur + self.ledger.realized
+
+    # -- deciding ---------------------------------------------------------------------------
+
+    def _decide(self, msg: SignalEmitted, kill_switch: bool) -> list[Effect]:
+        now = self.clock.now_ms()
+        rules = self.catalog.get(msg.market)
+        if msg.side != "buy":
+            has = self.ledger.size(msg.market) > 0
+            reason = "sell_signal_ignored" if has else "spot_long_only"
+            check = GuardCheck(name="signal", passed=False, value=f"sell {msg.market}",
+                               limit="buy (spot, long only)", reason=reason)
+            decision = self._decision(msg, False, [check], None, None, None)
+            self.decisions[("blocked", reason)] += 1
+            self.blocked_reasons[reason] += 1
+            return [Output(streams.ORDERS_SIGNALS, decision)]
+
+        input_checks: list[GuardCheck] = []
+        price = ZERO
+        if rules is None:
+            input_checks.append(GuardCheck(name="signal", passed=False, value=msg.market, limit="catalogue",
+                                           reason="unknown_market"))
+        elif msg.ref_price <= 0:
+            input_checks.append(GuardCheck(name="signal", passed=False, value=fmt(msg.ref_price), limit="> 0",
+                                           reason="bad_price"))
+        else:
+            price = rules.round_price(msg.ref_price, "up")  # pay at most this: size conservatively
+            input_checks.append(GuardCheck(name="signal", passed=True, value=fmt(price), limit="> 0"))
+
+        levels = None
+        sizing_outcome = None
+        if rules is not None and price > 0:
+            planned = plan_levels(self.config.exits, price, msg.atr, rules)
+            if isinstance(planned, str):
+                atr = fmt(msg.atr) if msg.atr is not None else "none"
+                input_checks.append(GuardCheck(name="exit_plan", passed=False, value=f"atr {atr}",
+                                               limit=f"exit mode {self.config.exits.mode}", reason=planned))
+            else:
+                levels = planned
+                input_checks.append(GuardCheck(
+                    name="exit_plan", passed=True, value=f"stop {fmt(levels.stop)}",
+                    limit=f"take_profit {fmt(levels.take_profit) if levels.take_profit is not None else 'none'}"))
+
+        asset = rules.base if rules is not None else msg.market.split("-")[0]
+        per_asset, total = self._exposures()
+        held_asset = per_asset.get(asset, ZERO)
+        if levels is not None and rules is not None:
+            caps = self.config.guards.caps
+            rooms = {
+                "max_order_notional": caps.max_order_notional_eur,
+                "max_asset_exposure": None if caps.max_asset_exposure_eur is None
+                else caps.max_asset_exposure_eur - held_asset,
+                "max_global_exposure": None if caps.max_global_exposure_eur is None
+                else caps.max_global_exposure_eur - total,
+            }
+            sizing_outcome = size_entry(equity=self.equity, risk=self.config.risk, entry_price=price,
+                                        stop_price=levels.stop, rules=rules, rooms=rooms)
+            if sizing_outcome.reason is not None:
+                input_checks.append(GuardCheck(name="sizing", passed=False, value=fmt(self.equity),
+                                               limit="> 0", reason=sizing_outcome.reason))
+        amount = sizing_outcome.amount if sizing_outcome is not None else ZERO
+        notional = amount * price
+        ctx = GuardContext(
+            market=msg.market, asset=asset, kill_switch=kill_switch, rules=rules, amount=amount, price=price,
+            notional=notional, market_has_position=self._has_position(msg.market),
+            open_positions=self._open_positions(), asset_exposure=held_asset, global_exposure=total,
+            daily_loss=self.daily_loss(now), last_stop_out_ms=self._stop_outs.get(msg.market), now_ms=now,
+            catalog_markets=self._catalog_markets,
+        )
+        # The signal's own checks first (so bad input is the first reason), then every guard.
+        checks = input_checks + self.config.guards.check(ctx)
+        reasons = [c.reason for c in checks if not c.passed and c.reason]
+        accepted = not reasons
+        sizing = sizing_outcome.sizing if sizing_outcome is not None else None
+        stop = levels.stop if levels is not None else None
+        tp = levels.take_profit if levels is not None else None
+        intent_id = derive_id(derive_id(msg.id, DecisionMade.TYPE), EntryIntent.TYPE) if accepted else None
+        decision = self._decision(msg, accepted, checks, sizing, (stop, tp), intent_id, reasons)
+        out: list[Effect] = [Output(streams.ORDERS_SIGNALS, decision)]
+        if accepted:
+            assert levels is not None and sizing is not None and rules is not None
+            intent = self.factory.child(
+                decision, EntryIntent, decision_id=decision.id, signal_id=msg.id, market=msg.market, side="buy",
+                order_type=self.config.entry_order_type, amount=amount,
+                price=price if self.config.entry_order_type == "limit" else None, ref_price=price,
+                stop_price=levels.stop, take_profit_price=levels.take_profit,
+                trailing_distance=levels.trail_distance, time_stop_secs=self.config.exits.time_stop_secs,
+                strategy=msg.strategy, strategy_params=dict(msg.params), checks=checks, sizing=sizing,
+                mode=self.config.mode)
+            assert intent.id == intent_id
+            self._learn_entry(intent, live=True)
+            out.append(Output(streams.ORDERS_SHADOW, intent))
+            self.decisions[("accepted", "")] += 1
+        else:
+            self.decisions[("blocked", reasons[0])] += 1
+            self.blocked_reasons.update(reasons)
+            event = self._blocked_event(decision, reasons, now)
+            if event is not None:
+                out.append(Output(streams.TRADING_EVENTS, event))
+        return out
+
+    def _decision(self, msg: SignalEmitted, accepted: bool, checks: list[GuardCheck], sizing: Any,
+                  levels: tuple[Decimal | None, Decimal | None] | None, intent_id: str | None,
+                  reasons: list[str] | None = None) -> DecisionMade:
+        if reasons is None:
+            reasons = [c.reason for c in checks if not c.passed and c.reason]
+        stop, tp = levels if levels is not None else (None, None)
+        return self.factory.child(
+            msg, DecisionMade, signal_id=msg.id, market=msg.market, strategy=msg.strategy,
+            strategy_params=dict(msg.params), side=msg.side, ref_price=msg.ref_price, atr=msg.atr,
+            accepted=accepted, reasons=reasons, checks=checks, sizing=sizing, stop_price=stop,
+            take_profit_price=tp, intent_id=intent_id, mode=self.config.mode)
+
+    def _blocked_event(self, decision: DecisionMade, reasons: list[str], now: int) -> TradingEvent | None:
+        kind = reasons[0]
+        window = self._events.get(kind)
+        if window is not None and now - window.last_ms < self.config.event_interval_secs * 1000:
+            window.suppressed += 1
+            self.events_suppressed += 1
+            return None
+        suppressed = window.suppressed if window is not None else 0
+        self._events[kind] = _EventWindow(now)
+        return self.factory.child(
+            decision, TradingEvent, kind=kind, severity="warning",
+            message=f"entry blocked in {decision.market}: {', '.join(reasons)}",
+            details={"decision_id": decision.id, "signal_id": decision.signal_id, "market": decision.market,
+                     "strategy": decision.strategy, "reasons": ",".join(reasons),
+                     "suppressed_since_last": str(suppressed),
+                     "window_secs": str(self.config.event_interval_secs)})
+
+    # -- exits ------------------------------------------------------------------------------
+
+    def _act(self, actions: list[ExitAction | AmendAction], book: BookTopUpdated) -> list[Effect]:
+        out: list[Effect] = []
+        now = self.clock.now_ms()
+        for action in actions:
+            msg: Message
+            if isinstance(action, ExitAction):
+                msg = ExitIntent(
+                    id=derive_id(action.position_id, f"exit/{action.attempt}"), ts=now, src=self.factory.src,
+                    trace=book.trace, v=ExitIntent.V, position_id=action.position_id, market=action.market,
+                    side="sell", order_type="market", amount=action.amount, price=None, reason=action.reason,
+                    trigger_price=action.trigger_price, level=action.level, opened_ts=action.opened_ms,
+                    mode=self.config.mode)
+                self._learn_exit(msg)
+                self.intents["exit"] += 1
+            else:
+                msg = StopAmendIntent(
+                    id=derive_id(action.position_id, f"amend/{fmt(action.stop_price)}"), ts=now,
+                    src=self.factory.src, trace=book.trace, v=StopAmendIntent.V, position_id=action.position_id,
+                    market=action.market, amount=action.amount, stop_price=action.stop_price,
+                    previous_stop=action.previous_stop, high_price=action.high_price,
+                    trailing_distance=action.trailing_distance, mode=self.config.mode)
+                self._learn_amend(msg)
+                self.intents["amend_stop"] += 1
+            out.append(Output(streams.ORDERS_SHADOW, msg))
+        return out
+
+    # -- learning own intents (live and rebuild share these) ----------------------------------
+
+    def _learn_entry(self, intent: EntryIntent, live: bool = False) -> None:
+        if intent.id in self._known_intents:
+            return
+        self._known_intents.add(intent.id)
+        if intent.signal_id is not None:
+            self._decided_before.add(intent.signal_id)
+        if live:
+            self.intents["entry"] += 1
+        rules = self.catalog.get(intent.market)
+        asset = rules.base if rules is not None else intent.market.split("-")[0]
+        filled = (intent.id, "buy") in self._final
+        # What it may spend: the limit price, else the price it was sized at; a hand-made market
+        # intent has neither: the best bid, else its stop (a floor; such intents bypass the core).
+        ref = intent.price or intent.ref_price or self._bids.get(intent.market) or intent.stop_price
+        if not filled:
+            self._inflight[intent.id] = InFlight(intent.id, "entry", intent.market, asset, intent.amount * ref,
+                                                 intent.ts)
+        if rules is None:
+            return
+        size = self.ledger.size(intent.market)
+        if filled and size == 0:
+            return  # entry done and the position gone (or never filled)
+        # Trailing as configured now; an ATR trail keeps the distance the intent was planned with.
+        trail_pct = self.config.exits.trailing_pct if self.config.exits.trailing == "pct" else None
+        trail_distance = intent.trailing_distance if self.config.exits.trailing == "atr" else None
+        pos = self.ledger.position(intent.market)
+        self.monitor.open(PositionPlan(
+            position_id=intent.id, market=intent.market, rules=rules, entry_price=ref,
+            initial_stop=intent.stop_price, stop=intent.stop_price, take_profit=intent.take_profit_price,
+            trail_pct=trail_pct, trail_distance=trail_distance, time_stop_secs=intent.time_stop_secs,
+            high=ref, size=size, opened_ms=pos.opened_ts if pos is not None and size > 0 else None))
+
+    def _learn_exit(self, intent: ExitIntent) -> None:
+        if intent.id in self._known_intents:
+            return
+        self._known_intents.add(intent.id)
+        self._exit_reasons[intent.id] = intent.reason
+        if intent.reason in STOP_OUT_REASONS and intent.id in self._sold:
+            self._stop_out(intent.market, self._sold[intent.id])  # its fills were folded first
+        if (intent.id, "sell") in self._final:
+            plan = self.monitor.get(intent.market)
+            if plan is not None:  # count the attempt, but it is over
+                plan.exit_attempts += 1
+                plan.last_exit_ms = intent.ts
+            return
+        self._inflight[intent.id] = InFlight(intent.id, "exit", intent.market, intent.market.split("-")[0], ZERO,
+                                             intent.ts)
+        self.monitor.learn_exit(intent.market, intent.id, intent.ts)
+
+    def _learn_amend(self, intent: StopAmendIntent) -> None:
+        if intent.id in self._known_intents:
+            return
+        self._known_intents.add(intent.id)
+        self.monitor.learn_amend(intent.market, intent.stop_price, intent.high_price, intent.ts)
+
+    # -- state views ------------------------------------------------------------------------
+
+    def _stop_out(self, market: str, ts: int) -> None:
+        self._stop_outs[market] = max(self._stop_outs.get(market, 0), ts)
+
+    def _entry_in_flight(self, market: str) -> bool:
+        return any(f.kind == "entry" and f.market == market for f in self._inflight.values())
+
+    def _has_position(self, market: str) -> bool:
+        return self.ledger.size(market) > 0 or self._entry_in_flight(market)
+
+    def _open_positions(self) -> int:
+        markets = set(self.ledger.positions)
+        markets.update(f.market for f in self._inflight.values() if f.kind == "entry")
+        return len(markets)
+
+    def _exposures(self) -> tuple[dict[str, Decimal], Decimal]:
+        """Asset → EUR held (at the best bid, or cost without one) plus in-flight entries' unfilled
+        notional; and the total."""
+        per_asset: dict[str, Decimal] = {}
+        for market, value in self.ledger.exposure(self._bids).items():
+            rules = self.catalog.get(market)
+            asset = rules.base if rules is not None else market.split("-")[0]
+            per_asset[asset] = per_asset.get(asset, ZERO) + value
+        for flight in self._inflight.values():
+            if flight.kind == "entry":
+                left = max(flight.notional - self._filled_quote.get(flight.intent_id, ZERO), ZERO)
+                per_asset[flight.asset] = per_asset.get(flight.asset, ZERO) + left
+        return per_asset, sum(per_asset.values(), ZERO)
+
+    def daily_loss(self, now_ms: int | None = None) -> Decimal:
+        """Realized loss of the current UTC day (positive = lost), net of today's gains."""
+        realized = self._daily_realized.get(utc_day(self.clock.now_ms() if now_ms is None else now_ms), ZERO)
+        return max(ZERO, -realized)
+
+    def cooldowns(self) -> dict[str, int]:
+        """Market → epoch ms its stop-out cooldown ends (only running ones)."""
+        secs = self.config.guards.cooldown_secs
+        if secs is None:
+            return {}
+        now = self.clock.now_ms()
+        return {m: ts + secs * 1000 for m, ts in self._stop_outs.items() if ts + secs * 1000 > now}
+
+    def in_flight(self) -> list[InFlight]:
+        return sorted(self._inflight.values(), key=lambda f: (f.made_ms, f.intent_id))
+
+    def exposure(self) -> dict[str, Decimal]:
+        return self._exposures()[0]
+
+    def summary(self) -> dict[str, Any]:
+        """For ``--once`` and metrics: JSON-able (decimals as strings)."""
+        per_asset, total = self._exposures()
+        outcomes: Counter[str] = Counter()
+        for (outcome, _), n in self.decisions.items():
+            outcomes[outcome] += n
+        positions = {m: {"size": fmt(p.size), "avg_cost": fmt(p.avg_cost) if p.avg_cost is not None else None,
+                         "realized": fmt(p.realized), "fees": fmt(p.fees)}
+                     for m, p in sorted(self.ledger.positions.items())}
+        return {
+            "mode": self.config.mode,
+            "decisions": dict(outcomes),
+            "decisions_by_reason": {f"{o}:{r}" if r else o: n for (o, r), n in sorted(self.decisions.items())},
+            "blocked_reasons": dict(sorted(self.blocked_reasons.items())),
+            "intents": dict(sorted(self.intents.items())),
+            "exposure_eur": {a: fmt(v) for a, v in sorted(per_asset.items())},
+            "global_exposure_eur": fmt(total),
+            "open_positions": self._open_positions(),
+            "positions": positions,
+            "in_flight": [{"intent_id": f.intent_id, "kind": f.kind, "market": f.market,
+                           "notional_eur": fmt(f.notional)} for f in self.in_flight()],
+            "equity_eur": fmt(self.equity),
+            "realized_eur": fmt(self.ledger.realized),
+            "daily_loss_eur": fmt(self.daily_loss()),
+            "cooldowns": self.cooldowns(),
+            "events_suppressed": self.events_suppressed,
+            "guards": self.config.guards.describe(),
+        }
+
+    def summary_json(self) -> str:
+        return json.dumps(self.summary(), sort_keys=True)
+
+
+__all__ = ["STOP_OUT_REASONS", "CoreConfig", "InFlight", "MarketRules", "TradingCore", "utc_day"]

@@ -1,0 +1,299 @@
+"""The entry guard chain: every guard checked before every entry, each answer with value and limit.
+
+Configured like freqtrade's protections (and our universe filters): ``CORE_GUARDS`` is an ordered
+JSON list of ``{"method": Name, ...params}``; names come from an explicit registry; an unknown
+name, an unknown or bad parameter, a duplicate, or a chain without ``KillSwitch`` and
+``ExchangeRules`` (the two that are never optional) is a ``ConfigError`` with one line.
+
+Guards never short-circuit: ``GuardChain.check`` runs all of them, so a blocked decision lists
+every reason, in chain order. All exposure and position counts the core passes in include the
+in-flight intents (sent, not yet final), so a burst cannot overshoot a limit.
+
+| method | params (units in names) | passes when | reason |
+|---|---|---|---|
+| KillSwitch | – | ``trading:kill`` is off | kill_switch |
+| MarketAllowList | markets (list; empty = every market of the catalogue) | market listed | market_not_allowed |
+| OnePositionPerMarket | – | no open position or in-flight entry in the market | position_open |
+| MaxOpenPositions | max_positions | positions (+ this one) ≤ max | max_positions |
+| MaxAssetExposure | max_exposure_eur | asset exposure + order ≤ max (and room left) | asset_exposure |
+| MaxGlobalExposure | max_exposure_eur | global exposure + order ≤ max (and room left) | global_exposure |
+| MaxOrderNotional | max_notional_eur | order notional ≤ max | order_notional |
+| DailyLossLimit | max_loss_eur | realized loss today (UTC) < max | daily_loss |
+| StopOutCooldown | cooldown_secs | no stop-out in the market within cooldown_secs | cooldown |
+| ExchangeRules | – | Bitvavo's minimums and precision hold (markets.py) | the rule's code |
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from typing import Annotated, Any, ClassVar
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+
+from tradestack.errors import ConfigError
+from tradestack.markets import MarketRules
+from tradestack.messages import GuardCheck
+
+ZERO = Decimal(0)
+
+
+def _money(value: Any) -> Decimal:
+    # Config may write 100, "100" or 100.5; never NaN, never negative.
+    if isinstance(value, bool):
+        raise ValueError("must be a number")  # noqa: TRY004 (pydantic reports ValueError only)
+    try:
+        parsed = Decimal(repr(value)) if isinstance(value, float) else Decimal(str(value).strip())
+    except InvalidOperation:
+        raise ValueError(f"{value!r} is not a number") from None
+    if not parsed.is_finite() or parsed < 0:
+        raise ValueError("must be a finite number >= 0")
+    return parsed
+
+
+Money = Annotated[Decimal, BeforeValidator(_money)]
+
+
+def fmt(value: Decimal) -> str:
+    return format(value, "f")
+
+
+@dataclass(frozen=True, slots=True)
+class GuardContext:
+    """What the guards look at for one proposed entry (built by the core)."""
+
+    market: str
+    asset: str  # base asset; exposure is per asset
+    kill_switch: bool
+    rules: MarketRules | None
+    amount: Decimal  # rounded, proposed
+    price: Decimal  # on the tick grid (0 when the signal had no usable price)
+    notional: Decimal  # amount × price, quote (EUR)
+    market_has_position: bool  # open position or in-flight entry in this market
+    open_positions: int  # markets with an open position or an in-flight entry
+    asset_exposure: Decimal  # held + in-flight in this asset, before this order
+    global_exposure: Decimal  # held + in-flight overall, before this order
+    daily_loss: Decimal  # realized loss today (UTC), positive = a loss
+    last_stop_out_ms: int | None  # this market's last stop-out
+    now_ms: int
+    catalog_markets: frozenset[str] = frozenset()
+
+
+class Guard(BaseModel):
+    """A guard: its params are its pydantic fields (validated at start)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    NAME: ClassVar[str] = ""
+    REASON: ClassVar[str] = ""
+
+    def check(self, ctx: GuardContext) -> GuardCheck:
+        raise NotImplementedError
+
+    def _result(self, passed: bool, value: str, limit: str, reason: str | None = None) -> GuardCheck:
+        return GuardCheck(name=self.NAME, passed=passed, value=value, limit=limit,
+                          reason=None if passed else (reason or self.REASON))
+
+
+class KillSwitch(Guard):
+    NAME: ClassVar[str] = "kill_switch"
+    REASON: ClassVar[str] = "kill_switch"
+
+    def check(self, ctx: GuardContext) -> GuardCheck:
+        return self._result(not ctx.kill_switch, "on" if ctx.kill_switch else "off", "off")
+
+
+class MarketAllowList(Guard):
+    NAME: ClassVar[str] = "market_allow_list"
+    REASON: ClassVar[str] = "market_not_allowed"
+    markets: list[str] = Field(default_factory=list)
+
+    def check(self, ctx: GuardContext) -> GuardCheck:
+        if self.markets:
+            return self._result(ctx.market in self.markets, ctx.market, ",".join(self.markets))
+        return self._result(ctx.market in ctx.catalog_markets, ctx.market, "catalogue")
+
+
+class OnePositionPerMarket(Guard):
+    NAME: ClassVar[str] = "one_position_per_market"
+    REASON: ClassVar[str] = "position_open"
+
+    def check(self, ctx: GuardContext) -> GuardCheck:
+        return self._result(not ctx.market_has_position, str(int(ctx.market_has_position)), "0")
+
+
+class MaxOpenPositions(Guard):
+    NAME: ClassVar[str] = "max_open_positions"
+    REASON: ClassVar[str] = "max_positions"
+    max_positions: int = Field(5, ge=0)
+
+    def check(self, ctx: GuardContext) -> GuardCheck:
+        after = ctx.open_positions + (0 if ctx.market_has_position else 1)
+        return self._result(after <= self.max_positions, str(after), str(self.max_positions))
+
+
+def _exposure(guard: Guard, held: Decimal, notional: Decimal, limit: Decimal) -> GuardCheck:
+    after = held + notional
+    # No room left blocks even a zero-size order (sizing caps to the room, so it could be 0).
+    return guard._result(after <= limit and held < limit, fmt(after), fmt(limit))
+
+
+class MaxAssetExposure(Guard):
+    NAME: ClassVar[str] = "max_asset_exposure"
+    REASON: ClassVar[str] = "asset_exposure"
+    max_exposure_eur: Money = Decimal(250)
+
+    def check(self, ctx: GuardContext) -> GuardCheck:
+        return _exposure(self, ctx.asset_exposure, ctx.notional, self.max_exposure_eur)
+
+
+class MaxGlobalExposure(Guard):
+    NAME: ClassVar[str] = "max_global_exposure"
+    REASON: ClassVar[str] = "global_exposure"
+    max_exposure_eur: Money = Decimal(1000)
+
+    def check(self, ctx: GuardContext) -> GuardCheck:
+        return _exposure(self, ctx.global_exposure, ctx.notional, self.max_exposure_eur)
+
+
+class MaxOrderNotional(Guard):
+    NAME: ClassVar[str] = "max_order_notional"
+    REASON: ClassVar[str] = "order_notional"
+    max_notional_eur: Money = Decimal(100)
+
+    def check(self, ctx: GuardContext) -> GuardCheck:
+        return self._result(ctx.notional <= self.max_notional_eur, fmt(ctx.notional), fmt(self.max_notional_eur))
+
+
+class DailyLossLimit(Guard):
+    NAME: ClassVar[str] = "daily_loss_limit"
+    REASON: ClassVar[str] = "daily_loss"
+    max_loss_eur: Money = Decimal(50)
+
+    def check(self, ctx: GuardContext) -> GuardCheck:
+        return self._result(ctx.daily_loss < self.max_loss_eur, fmt(ctx.daily_loss), fmt(self.max_loss_eur))
+
+
+class StopOutCooldown(Guard):
+    NAME: ClassVar[str] = "stop_out_cooldown"
+    REASON: ClassVar[str] = "cooldown"
+    cooldown_secs: int = Field(3600, ge=0)
+
+    def remaining_secs(self, ctx: GuardContext) -> Decimal:
+        if ctx.last_stop_out_ms is None:
+            return ZERO
+        left_ms = ctx.last_stop_out_ms + self.cooldown_secs * 1000 - ctx.now_ms
+        return max(ZERO, Decimal(left_ms) / 1000)
+
+    def check(self, ctx: GuardContext) -> GuardCheck:
+        left = self.remaining_secs(ctx)
+        return self._result(left == 0, fmt(left), str(self.cooldown_secs))
+
+
+class ExchangeRules(Guard):
+    NAME: ClassVar[str] = "exchange_rules"
+    REASON: ClassVar[str] = "exchange_rules"
+
+    def check(self, ctx: GuardContext) -> GuardCheck:
+        rules = ctx.rules
+        value = f"{fmt(ctx.amount)}@{fmt(ctx.price)}"
+        if rules is None:
+            return self._result(False, value, "unknown", "unknown_market")
+        limit = (f"min {fmt(rules.min_base)} {rules.base}, {fmt(rules.min_quote)} {rules.quote}; "
+                 f"tick {fmt(rules.tick_size)}; {rules.quantity_decimals} decimals")
+        reason = rules.check_order(ctx.amount, ctx.price)
+        return self._result(reason is None, value, limit, reason)
+
+
+REGISTRY: dict[str, type[Guard]] = {cls.__name__: cls for cls in (
+    KillSwitch, MarketAllowList, OnePositionPerMarket, MaxOpenPositions, MaxAssetExposure, MaxGlobalExposure,
+    MaxOrderNotional, DailyLossLimit, StopOutCooldown, ExchangeRules)}
+REQUIRED = ("KillSwitch", "ExchangeRules")
+
+DEFAULT_GUARDS: list[dict[str, Any]] = [
+    {"method": "KillSwitch"},
+    {"method": "MarketAllowList", "markets": []},
+    {"method": "OnePositionPerMarket"},
+    {"method": "MaxOpenPositions", "max_positions": 5},
+    {"method": "MaxAssetExposure", "max_exposure_eur": "250"},
+    {"method": "MaxGlobalExposure", "max_exposure_eur": "1000"},
+    {"method": "MaxOrderNotional", "max_notional_eur": "100"},
+    {"method": "DailyLossLimit", "max_loss_eur": "50"},
+    {"method": "StopOutCooldown", "cooldown_secs": 3600},
+    {"method": "ExchangeRules"},
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Caps:
+    """The limits sizing caps a size by (None: that guard is not configured)."""
+
+    max_order_notional_eur: Decimal | None
+    max_asset_exposure_eur: Decimal | None
+    max_global_exposure_eur: Decimal | None
+
+
+class GuardChain:
+    """The configured guards, in order."""
+
+    __slots__ = ("caps", "cooldown_secs", "guards")
+
+    def __init__(self, guards: list[Guard]) -> None:
+        self.guards: tuple[Guard, ...] = tuple(guards)
+        by_type = {type(g): g for g in self.guards}
+        order = by_type.get(MaxOrderNotional)
+        asset = by_type.get(MaxAssetExposure)
+        total = by_type.get(MaxGlobalExposure)
+        cool = by_type.get(StopOutCooldown)
+        self.caps = Caps(
+            order.max_notional_eur if isinstance(order, MaxOrderNotional) else None,
+            asset.max_exposure_eur if isinstance(asset, MaxAssetExposure) else None,
+            total.max_exposure_eur if isinstance(total, MaxGlobalExposure) else None,
+        )
+        self.cooldown_secs: int | None = cool.cooldown_secs if isinstance(cool, StopOutCooldown) else None
+
+    @classmethod
+    def from_config(cls, specs: str | list[dict[str, Any]] | None) -> GuardChain:
+        """From ``CORE_GUARDS`` (a JSON string or the parsed list); None → ``DEFAULT_GUARDS``."""
+        if specs is None or specs == "":
+            specs = DEFAULT_GUARDS
+        if isinstance(specs, str):
+            try:
+                specs = json.loads(specs)
+            except json.JSONDecodeError as exc:
+                raise ConfigError(f"CORE_GUARDS is not valid JSON: {exc}") from None
+        if not isinstance(specs, list):
+            raise ConfigError("CORE_GUARDS must be a JSON list of {\"method\": Name, ...params}")
+        guards: list[Guard] = []
+        seen: set[str] = set()
+        for i, spec in enumerate(specs):
+            if not isinstance(spec, dict) or not isinstance(spec.get("method"), str):
+                raise ConfigError(f"CORE_GUARDS[{i}] must be an object with a \"method\" name")
+            params = dict(spec)
+            name = params.pop("method")
+            guard_cls = REGISTRY.get(name)
+            if guard_cls is None:
+                raise ConfigError(f"CORE_GUARDS[{i}]: unknown guard {name!r}; known: {', '.join(REGISTRY)}")
+            if name in seen:
+                raise ConfigError(f"CORE_GUARDS[{i}]: guard {name!r} listed twice")
+            seen.add(name)
+            try:
+                guards.append(guard_cls(**params))
+            except ValidationError as exc:
+                err = exc.errors()[0]
+                where = ".".join(str(p) for p in err["loc"]) or "params"
+                raise ConfigError(f"CORE_GUARDS[{i}] {name}: {where}: {err['msg']}") from None
+        missing = [n for n in REQUIRED if n not in seen]
+        if missing:
+            raise ConfigError(f"CORE_GUARDS must include {', '.join(missing)} (never optional)")
+        return cls(guards)
+
+    def check(self, ctx: GuardContext) -> list[GuardCheck]:
+        """Every guard's answer, in chain order (no short-circuit)."""
+        return [guard.check(ctx) for guard in self.guards]
+
+    def describe(self) -> list[dict[str, Any]]:
+        return [{"method": type(g).__name__, **g.model_dump(mode="json")} for g in self.guards]
+
+
+__all__ = ["DEFAULT_GUARDS", "REGISTRY", "Caps", "Guard", "GuardChain", "GuardContext", "fmt"]
