@@ -27,9 +27,9 @@ from typing import Any, Callable, Iterator
 import pytest
 import redis
 import yaml
-from redis.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import AuthenticationError, NoPermissionError, ResponseError
+from redis.retry import Retry
 
 from tradestack import streams
 from tradestack.bus import COMMIT_LUA, ConsumerLoop, Delivery, LoopConfig, Output, Publisher, StreamSpec

@@ -53,8 +53,8 @@ def strategy_for(annotation: Any) -> st.SearchStrategy[Any]:
         return st.floats(allow_nan=False, allow_infinity=False, width=64)
     if annotation is str:
         return text
-    if isinstance(annotation, type) and issubclass(annotation, Message.__mro__[1]):  # nested model (Trace)
-        return st.builds(annotation, id=text, ts=ints)
+    if isinstance(annotation, type) and issubclass(annotation, Message.__mro__[1]):  # nested model (Trace, ...)
+        return st.builds(annotation, **{n: strategy_for(f.annotation) for n, f in annotation.model_fields.items()})
     raise TypeError(f"no strategy for {annotation!r}")
 
 

@@ -11,8 +11,11 @@ import urllib.request
 
 import pytest
 import redis
+from hypothesis import given, settings
 
 from tests.conftest import ROOT, spawn, wait_until
+from tests.test_messages import message_strategy
+from tradestack import messages
 from tradestack.cli import PROCESSES
 from tradestack.embedded_redis import free_port
 
@@ -114,7 +117,7 @@ def test_exports_are_thin_doors() -> None:
     from services import trading_core
     from services.trading_core.trading_core import executor as core_executor
     from services.trading_core.trading_core import service as core_service
-    from tradestack import messages, streams
+    from tradestack import streams
 
     known_streams = {v for k, v in vars(streams).items() if k.isupper() and isinstance(v, str)}
 
@@ -142,15 +145,18 @@ def test_exports_are_thin_doors() -> None:
     assert registry.get_sample_value("trader_trading_core_kill_switch") == 0.0  # the standard set, prefixed
     assert any(m.name == "trader_trading_core_decisions" for m in registry.collect())
 
-    # The preset intents travel as plain entry intents, their strategy on the wire.
+
+@settings(max_examples=20, deadline=None)
+@given(message_strategy(messages.EntryIntent))
+def test_preset_intents_travel_as_entry_intents(entry: messages.EntryIntent) -> None:
+    from services import trading_core
+
+    fields = {k: v for k, v in entry.model_dump().items() if k != "strategy"}
     for cls, strategy in ((trading_core.MomentumIntent, "momentum"), (trading_core.MeanReversionIntent, "mean_reversion")):
-        intent = cls(id="i", ts=1, src="core", trace=messages.Trace(id="t", ts=1), decision_id="d", market="BTC-EUR",
-                     side="buy", order_type="market", amount="0.01", price=None, stop_price="90",
-                     take_profit_price=None, mode="paper")
-        fields = messages.encode(intent)
-        back = messages.decode(fields)
-        assert fields[b"type"] == b"intent.entry" and type(back) is messages.EntryIntent
-        assert back.strategy == strategy and back.amount == intent.amount
+        wire = messages.encode(cls(**fields))
+        back = messages.decode(wire)
+        assert wire[b"type"] == b"intent.entry" and type(back) is messages.EntryIntent
+        assert back == messages.EntryIntent(**fields, strategy=strategy)
 
 
 @pytest.mark.parametrize("env,needle", [

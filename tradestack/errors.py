@@ -2,10 +2,16 @@
 
 - ConfigError: exit at start with one clear line (exit code 2).
 - PoisonMessage: the message can never be handled: dead-letter it, ack, count.
-- TransientError (and any unexpected exception in a handler): leave it pending; it is
-  retried after the claim idle time, and dead-lettered past the delivery-count limit.
+  ``bitvavo.parse.ParseError`` (an exchange answer of the wrong shape) is one.
+- TransientError (``bitvavo.rest.RestUnavailable``: timeouts, 5xx; and Redis/OS connection
+  errors and timeouts raised in a handler): leave it pending; it is retried after the claim
+  idle time, and dead-lettered past the delivery-count limit.
 - FatalError: a broken invariant: log, exit non-zero without acking; systemd restarts
-  the process, which reconciles and replays.
+  the process, which rebuilds its state, reconciles and replays. ``lease.LeaseLost`` is one.
+- Any other exception in a handler is a bug: dead-lettered at once (``bug: ...``), counted,
+  logged with its traceback; a stateful loop then stops the process (bus.py).
+- ``bitvavo.rest.RestError`` (4xx) is the exchange refusing a request: the caller decides
+  (an order rejected is a report, not a retry).
 """
 
 from __future__ import annotations

@@ -68,7 +68,7 @@ class HotHistogram:
     def collect(self) -> Iterator[Metric]:
         counts, total = list(self.counts), self.sum
         cumulative, running = [], 0
-        for bound, n in zip([*map(str, self.bounds), "+Inf"], counts):
+        for bound, n in zip([*map(str, self.bounds), "+Inf"], counts, strict=True):
             running += n
             cumulative.append((bound, running))
         yield HistogramMetricFamily(self.name, self.doc, buckets=cumulative, sum_value=total)
@@ -117,12 +117,12 @@ class ServiceMetrics:
 
     def hot_counter(self, name: str, doc: str, labels: list[str]) -> HotCounter:
         counter = HotCounter(f"{self.prefix}_{name}", doc, labels)
-        self.registry.register(counter)  # type: ignore[arg-type]
+        self.registry.register(counter)
         return counter
 
     def hot_histogram(self, name: str, doc: str, buckets: tuple[float, ...] = HANDLE_BUCKETS) -> HotHistogram:
         histogram = HotHistogram(f"{self.prefix}_{name}", doc, buckets)
-        self.registry.register(histogram)  # type: ignore[arg-type]
+        self.registry.register(histogram)
         return histogram
 
     def gauge(self, name: str, doc: str, labels: list[str]) -> Gauge:

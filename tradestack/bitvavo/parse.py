@@ -21,11 +21,13 @@ from typing import Any, Sequence
 
 import orjson
 
+from tradestack.errors import PoisonMessage
 from tradestack.messages import BookDeltaReceived, BookTopUpdated, CandleUpdated, Ticker24hUpdated, Trace, derive_id
 
 
-class ParseError(ValueError):
-    """An exchange frame or answer that does not have the documented shape."""
+class ParseError(PoisonMessage, ValueError):
+    """An exchange frame or answer that does not have the documented shape (it will never parse:
+    poison, in the exception tree's terms)."""
 
 
 def ns_to_ms(ts: int) -> int:

@@ -23,6 +23,7 @@ import orjson
 
 from tradestack.backoff import Backoff
 from tradestack.clock import SYSTEM_CLOCK, Clock
+from tradestack.errors import TradestackError, TransientError
 from tradestack.logs import get_logger
 
 log = get_logger(__name__)
@@ -30,11 +31,24 @@ log = get_logger(__name__)
 _BAN_AT = re.compile(r" at (\d+)\.")
 
 
-class RestError(Exception):
+class RestError(TradestackError):
+    """The exchange refused a request (4xx: fixing the request is the only cure)."""
+
     def __init__(self, status: int, error_code: int | None, message: str) -> None:
         super().__init__(f"HTTP {status} errorCode {error_code}: {message}")
         self.status = status
         self.error_code = error_code
+
+
+class RestUnavailable(RestError, TransientError):
+    """No usable answer: a network error, a timeout or a 5xx, after the client's own retries. For an
+    order the outcome is *unknown* (look it up by clientOrderId before any retry); a handler that
+    lets it through has its message retried later (errors.py)."""
+
+
+def rest_error(status: int, error_code: int | None, message: str) -> RestError:
+    cls = RestUnavailable if status <= 0 or status >= 500 else RestError
+    return cls(status, error_code, message)
 
 
 class RateBudget:
@@ -133,7 +147,7 @@ class BitvavoRest:
                 except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
                     self._count(endpoint, "error")
                     if attempt >= self.max_attempts:
-                        raise RestError(0, None, f"{type(exc).__name__}: {exc}") from None
+                        raise RestUnavailable(0, None, f"{type(exc).__name__}: {exc}") from None
                     log.warning("rest_request_failed", endpoint=endpoint, attempt=attempt, error=f"{type(exc).__name__}: {exc}")
                     status, body = -1, b""
             if status == -1:
@@ -160,7 +174,7 @@ class BitvavoRest:
                 await self.sleep(backoff.next_delay())
                 continue
             self._count(endpoint, "error")
-            raise RestError(status, code, message)
+            raise rest_error(status, code, message)
 
     def _count(self, endpoint: str, outcome: str) -> None:
         if self.on_request is not None:

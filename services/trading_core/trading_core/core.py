@@ -363,7 +363,7 @@ class TradingCore:
         )
         # The signal's own checks first (so bad input is the first reason), then every guard.
         checks = input_checks + self.config.guards.check(ctx)
-        reasons = [c.reason for c in checks if not c.passed and c.reason]
+        reasons = list(dict.fromkeys(c.reason for c in checks if not c.passed and c.reason))  # unique, in order
         accepted = not reasons
         sizing = sizing_outcome.sizing if sizing_outcome is not None else None
         stop = levels.stop if levels is not None else None
@@ -562,7 +562,8 @@ class TradingCore:
         outcomes: Counter[str] = Counter()
         for (outcome, _), n in self.decisions.items():
             outcomes[outcome] += n
-        positions = {m: {"size": fmt(p.size), "avg_cost": fmt(p.avg_cost) if p.avg_cost is not None else None,
+        positions = {m: {"size": fmt(p.size),
+                         "avg_cost": fmt(p.avg_cost.quantize(Decimal("1e-8"))) if p.avg_cost is not None else None,
                          "realized": fmt(p.realized), "fees": fmt(p.fees)}
                      for m, p in sorted(self.ledger.positions.items())}
         return {

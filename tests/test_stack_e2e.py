@@ -1,0 +1,80 @@
+"""`tradestack up` on a fresh data directory, the way an operator starts it: an embedded Redis, the
+sandbox exchange, every process. The universe forms from the sandbox's tickers, book and candle
+ingest follow it, and the signal engine emits signals on its closed candles (issue 10).
+
+Bounded: the strategy is made eager (a 2/3 EMA cross, the gates open) so a signal comes with the
+first closed candles instead of whenever the market obliges; the test ends as soon as one is there.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+import pytest
+import redis
+
+from tests.conftest import ROOT, port_is_open, wait_until
+from tradestack import streams
+from tradestack.messages import SignalEmitted, decode
+
+PORTS = (9601, 9602, 9603, 9604, 9605, 9610, 9611, 9612)
+
+
+@pytest.fixture
+def stack(tmp_path: Path):  # type: ignore[no-untyped-def]
+    if any(port_is_open(p) for p in PORTS):
+        pytest.skip("a stack is already running on this machine (its metrics ports are taken)")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_", "METRICS_", "DRY_RUN", "INGEST_",
+                                                                      "BITVAVO_", "SIGNAL_", "UNIVERSE_"))}
+    env.update(PYTHONUNBUFFERED="1", LOG_LEVEL="WARNING", UNIVERSE_REFRESH_SECS="1", UNIVERSE_STALE_AFTER_MS="5000",
+               SIGNAL_STRATEGIES='[{"method":"momentum","fast":2,"slow":3,"trend":3}]', SIGNAL_MIN_VOL="0",
+               SIGNAL_MAX_VOL="1000", SIGNAL_MAX_SPREAD_BPS="1000", SIGNAL_UNIVERSE_POLL_S="1")
+    log = open(tmp_path / "stack.log", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "tradestack.cli", "--data-dir", str(tmp_path / "data"), "up",
+                             "--embedded-redis"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL)
+    stack_json = tmp_path / "data" / "stack.json"
+    try:
+        wait_until(lambda: stack_json.exists() and proc.poll() is None, timeout_s=60, what="the stack to start")
+        client = redis.Redis.from_url(orjson.loads(stack_json.read_bytes())["redis_url"])
+        yield client, proc, tmp_path / "stack.log"
+        client.close()
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        log.close()
+
+
+def test_stack_selects_markets_and_emits_signals(stack) -> None:  # type: ignore[no-untyped-def]
+    client, proc, log = stack
+
+    def members() -> set[str]:
+        return {k.decode() for k in client.hkeys(streams.UNIVERSE)}
+
+    try:
+        wait_until(lambda: members(), timeout_s=60, what="a non-empty trading:universe")
+        selected = members()
+        assert all(m.endswith("-EUR") for m in selected)
+        # book and candle ingest follow the universe: their markets are the selected ones
+        wait_until(lambda: client.xlen(streams.candles("1m")) > 0, timeout_s=60, what="candles of the universe")
+        wait_until(lambda: client.xlen(streams.SIGNALS_BASELINE) > 0, timeout_s=150, what="a signal")
+    except AssertionError:
+        print(log.read_text()[-5000:])
+        raise
+    (_, fields), = client.xrange(streams.SIGNALS_BASELINE, count=1)
+    sig = decode(fields)
+    assert isinstance(sig, SignalEmitted)
+    assert sig.market in members() | selected and sig.strategy == "momentum" and sig.interval == "1m"
+    assert sig.atr is not None and sig.ref_price > 0
+    wait_until(lambda: orjson.loads(client.get(streams.heartbeat("trader_signal_engine")))["state"] == "running",
+               what="the signal engine running")
+    assert proc.poll() is None
