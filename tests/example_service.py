@@ -53,7 +53,8 @@ class Tally:
     def on_fill(self, msg: Message, delivery: Delivery) -> list[Effect]:
         market, total = self._apply(msg)
         out = self.factory.child(msg, TradingEvent, "tallied", kind="tallied", severity="info",
-                                 message=f"{market} total {total}", details={"market": market, "total": str(total), "fill": msg.id})
+                                 message=f"{market} total {total}",
+                                 details={"market": market, "total": str(total), "fill": msg.id})
         return [Output(OUT, out), HashSet(TOTALS, {market: str(total)}), HashSet(SEEN, {msg.id: "1"})]
 
     def snapshot(self) -> list[Effect]:

@@ -199,7 +199,7 @@ def test_poison_messages_go_to_the_dlq_and_the_loop_goes_on(redis_url: str, rcli
     asyncio.run(run_until([loop], done))
     assert sorted(out_ids(rclient)) == sorted(derive_id(i, "out") for i in good_before + good_after)
     dead = rclient.xrange(streams.dlq(IN))
-    for (fields, expected), (_, record) in zip(cases, dead):
+    for (fields, expected), (_, record) in zip(cases, dead, strict=False):
         assert expected in record[b"error"].decode(), record
         assert record[b"source_stream"] == IN.encode()
         assert record.get(b"data") == fields.get(b"data")

@@ -208,7 +208,7 @@ def consumer_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def _s(value: bytes | str) -> str:
+def _s(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
@@ -226,7 +226,7 @@ class LoopConfig:
 
     @classmethod
     def from_settings(cls, s: CommonSettings, **overrides: Any) -> "LoopConfig":
-        base = dict(read_count=s.read_count, block_ms=s.block_ms, claim_idle_ms=s.claim_idle_ms,
+        base: dict[str, Any] = dict(read_count=s.read_count, block_ms=s.block_ms, claim_idle_ms=s.claim_idle_ms,
                     claim_every_s=s.claim_every_s, max_deliveries=s.max_deliveries,
                     dedupe_ttl_s=s.dedupe_ttl_s, maxlen=dict(s.stream_maxlen))
         base.update(overrides)
@@ -382,7 +382,7 @@ class Committer:
         outcomes: dict[str, int] = {}
         published: dict[str, int] = {}
         taken = iter(branches)
-        for (entry_id, dedupe, outcome, effects), status in zip(items, statuses):
+        for (entry_id, dedupe, outcome, effects), status in zip(items, statuses, strict=True):
             if status == 1:
                 for effect in effects:
                     if type(effect) is IfKey:
@@ -437,7 +437,7 @@ class ConsumerLoop(Committer):
         self.streams = list(self.specs)
         self.handler = handler
         self._handler_is_async = inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(
-            getattr(handler, "__call__", None))
+            getattr(type(handler), "__call__", None))  # noqa: B004 - an object whose __call__ is async
         self.config = config
         self.clock = clock
         self.on_health = on_health
@@ -556,7 +556,7 @@ class ConsumerLoop(Committer):
     async def ensure_groups(self) -> None:
         for spec in self.specs.values():
             try:
-                await self.redis.xgroup_create(spec.name, self.group, id=spec.start, mkstream=True)
+                await self.redis.xgroup_create(spec.name, self.group, id=spec.start or "0", mkstream=True)
                 log.info("consumer_group_created", stream=spec.name, group=self.group, start_id=spec.start)
             except ResponseError as exc:
                 if "BUSYGROUP" not in str(exc):
@@ -568,7 +568,7 @@ class ConsumerLoop(Committer):
             return
         pairs = [pair for batch in self._unconfirmed for pair in batch]
         values = await self.redis.mget([key for _, key in pairs]) if pairs else []
-        missing = [msg_id for (msg_id, _), value in zip(pairs, values) if value is None]
+        missing = [msg_id for (msg_id, _), value in zip(pairs, values, strict=True) if value is None]
         self._unconfirmed.clear()
         for msg_id in missing:  # not written: the entries are still pending and must be handled again
             self._recent.pop(msg_id, None)
@@ -595,7 +595,7 @@ class ConsumerLoop(Committer):
                                            count=self.config.read_count, block=block_ms)
         if not resp:
             return {}
-        items = resp.items() if isinstance(resp, dict) else resp
+        items: Any = resp.items() if isinstance(resp, dict) else resp
         last: dict[str, str] = {}
         for stream, entries in items:
             if isinstance(entries, list) and entries and isinstance(entries[0], list) and not isinstance(entries[0][0], bytes):
@@ -646,7 +646,7 @@ class ConsumerLoop(Committer):
             ask = [m.id for _, _, m, _ in decoded if m is not None and m.id not in recent]
             if ask:
                 values = await self.redis.mget([prefix + i for i in ask])
-                seen = {i for i, v in zip(ask, values) if v is not None}
+                seen = {i for i, v in zip(ask, values, strict=True) if v is not None}
 
         batch: list[Item] = []
         markers: list[tuple[str, str]] = []
@@ -669,7 +669,7 @@ class ConsumerLoop(Committer):
                 result = self.handler(msg, Delivery(stream, entry_id, count))
                 if self._handler_is_async or inspect.isawaitable(result):
                     result = await result  # type: ignore[misc]
-                effects = list(result)  # type: ignore[arg-type]
+                effects = list(result)
             except PoisonMessage as exc:
                 batch.append((entry_id, "", "dlq", (self._dead_letter(stream, entry_id, fields, str(exc)),)))
                 continue
@@ -790,5 +790,5 @@ class ConsumerLoop(Committer):
                 if lag is None:  # Redis < 7 has no lag field: count what is after last-delivered-id
                     last = _s(g["last-delivered-id"])
                     rest = await self.redis.xrange(stream, min=f"({last}", max="+", count=10_000)
-                    lag = len(rest)
+                    lag = len(rest or [])
                 self.metrics.lag.labels(stream=stream).set(int(lag))

@@ -148,8 +148,8 @@ def decode(fields: Mapping[bytes | str, bytes | str] | None) -> Message:
     """A stream entry back into its message, or PoisonMessage saying exactly why not."""
     if not fields:
         raise PoisonMessage("entry has no fields")
-    mtype = fields.get(b"type", fields.get("type"))  # type: ignore[call-overload]
-    data = fields.get(b"data", fields.get("data"))  # type: ignore[call-overload]
+    mtype = fields.get(b"type", fields.get("type"))
+    data = fields.get(b"data", fields.get("data"))
     if mtype is None or data is None:
         raise PoisonMessage("entry lacks the 'type' or 'data' field")
     if isinstance(mtype, bytes):

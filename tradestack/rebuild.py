@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import redis.asyncio as aioredis
 
@@ -51,7 +51,7 @@ class RebuildResult:
     seconds: float
 
 
-def _s(value: bytes | str) -> str:
+def _s(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
@@ -75,7 +75,8 @@ async def group_bound(redis: aioredis.Redis, stream: str, group: str) -> tuple[s
 
 async def fold_history(redis: aioredis.Redis, rb: Rebuild) -> RebuildResult:
     started = time.monotonic()
-    end, skip = "+", set()
+    end: str = "+"
+    skip: set[str] = set()
     if rb.group is not None:
         end, skip = await group_bound(redis, rb.stream, rb.group)
         if end == "0-0":
@@ -83,7 +84,7 @@ async def fold_history(redis: aioredis.Redis, rb: Rebuild) -> RebuildResult:
     start = f"{max(0, rb.since_ms)}-0" if rb.since_ms is not None else "-"
     entries = skipped = 0
     while True:
-        page = await redis.xrange(rb.stream, min=start, max=end, count=rb.page)
+        page = await redis.xrange(rb.stream, min=start, max=end, count=rb.page) or []
         for raw_id, fields in page:
             entry_id = _s(raw_id)
             if entry_id in skip:

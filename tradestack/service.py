@@ -12,6 +12,7 @@ SIGTERM: stop reading, finish the batch in hand (commit = ack), flush, exit 0 wi
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import inspect
 import os
@@ -19,7 +20,7 @@ import signal
 import socket
 import sys
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Generic, Iterable, Sequence, TypeVar
+from typing import Any, Awaitable, Callable, Coroutine, Generic, Iterable, Sequence, TypeVar
 
 import orjson
 import redis.asyncio as aioredis
@@ -92,7 +93,7 @@ class Service(Generic[S]):
         self._timers: list[Timer] = []
         self._rebuilds: list[tuple[str, Fold, bool | None, float | None, float]] = []
         self._hooks: list[Hook] = []
-        self._tasks: list[tuple[str, Callable[[], Awaitable[None]]]] = []
+        self._tasks: list[tuple[str, Callable[[], Coroutine[Any, Any, None]]]] = []
         self._committer: Committer | None = None
         self._beat_now = asyncio.Event()  # a state change is published at once, not at the next beat
         self.metrics.dry_run.set(1 if settings.dry_run else 0)
@@ -110,7 +111,7 @@ class Service(Generic[S]):
         names = [s if isinstance(s, str) else s.name for s in streams_in]
         loop = ConsumerLoop(self.redis, group=self.name, streams_in=streams_in, handler=handler,
                             metrics=self.metrics, config=cfg, consumer=self.consumer, clock=self.clock,
-                            on_health=lambda ok, key=f"loop:{','.join(names)}": self._report(key, ok),
+                            on_health=functools.partial(self._report, f"loop:{','.join(names)}"),
                             stateful=stateful, lease=self.lease)
         self._loops.append(loop)
         return loop
@@ -120,7 +121,7 @@ class Service(Generic[S]):
         (lease-fenced), like a handler's. An exception is logged and counted; the timer goes on."""
         if seconds <= 0:
             raise ValueError("a timer needs a positive interval")
-        self._timers.append(Timer(name or getattr(fn, "__name__", "timer"), seconds, fn))
+        self._timers.append(Timer(name or str(getattr(fn, "__name__", "timer")), seconds, fn))
 
     def rebuild(self, stream: str, fold: Fold, *, bound_to_group: bool | None = None,
                 history_s: float | None = None, timeout_s: float = 120.0) -> None:
@@ -143,7 +144,7 @@ class Service(Generic[S]):
         self.metrics.lease_held.set(0)
         return self.lease
 
-    def add_task(self, name: str, factory: Callable[[], Awaitable[None]]) -> None:
+    def add_task(self, name: str, factory: Callable[[], Coroutine[Any, Any, None]]) -> None:
         """A long-running coroutine, started once active; it must return soon after ``self.stop``."""
         self._tasks.append((name, factory))
 
@@ -280,11 +281,11 @@ class Service(Generic[S]):
                 bound = stream in consumed if bound is None else bound
                 since = None if history_s is None else now_ms - int(history_s * 1000)
                 rb = Rebuild(stream, fold, group=self.name if bound else None, since_ms=since, timeout_s=timeout_s)
-                result = await fold_history(self.redis, rb)
-                self.metrics.rebuild_seconds.labels(stream=stream).set(result.seconds)
-                self.metrics.rebuild_entries.labels(stream=stream).set(result.entries)
-                log.info("state_rebuilt", service=self.name, stream=stream, entries=result.entries,
-                         skipped=result.skipped, seconds=round(result.seconds, 3), bound_to_group=bound)
+                folded = await fold_history(self.redis, rb)
+                self.metrics.rebuild_seconds.labels(stream=stream).set(folded.seconds)
+                self.metrics.rebuild_entries.labels(stream=stream).set(folded.entries)
+                log.info("state_rebuilt", service=self.name, stream=stream, entries=folded.entries,
+                         skipped=folded.skipped, seconds=round(folded.seconds, 3), bound_to_group=bound)
         except REDIS_DOWN as exc:
             raise FatalError(f"Redis went away while preparing ({type(exc).__name__}: {exc}); "
                              f"restarting to rebuild the state afresh") from exc
@@ -301,7 +302,7 @@ class Service(Generic[S]):
         result = timer.fn()
         if inspect.isawaitable(result):
             result = await result
-        effects = list(result or ())  # type: ignore[arg-type]
+        effects = list(result or ())
         if effects:
             await self._timer_committer().commit(None, [("", "", "ok", effects)])
 
@@ -411,26 +412,26 @@ class Service(Generic[S]):
         # view, and collect the young generation less often (fewer ms-scale pauses on the hot path).
         gc.freeze()
         gc.set_threshold(GC_GEN0_THRESHOLD, 20, 20)
-        tasks = {asyncio.create_task(self._watch_kill_switch(), name="kill_switch"),
+        tasks: set[asyncio.Task[Any]] = {asyncio.create_task(self._watch_kill_switch(), name="kill_switch"),
                  asyncio.create_task(self._heartbeat(), name="heartbeat"),
                  asyncio.create_task(self._active(), name="active")}
 
         code = 0
-        stop_waiter = asyncio.create_task(self.stop.wait())
-        pending = set(tasks)
+        stop_waiter: asyncio.Task[Any] = asyncio.create_task(self.stop.wait())
+        pending: set[asyncio.Task[Any]] = set(tasks)
         while pending and not self.stop.is_set():
             done, pending = await asyncio.wait(pending | {stop_waiter}, return_when=asyncio.FIRST_COMPLETED)
             pending.discard(stop_waiter)
             for task in done:
                 if task is stop_waiter or task.cancelled():
                     continue
-                exc = task.exception()
-                if exc is not None:
+                error = task.exception()
+                if error is not None:
                     code = 1
                     self.set_state("faulted")
-                    kind = "fatal_error" if isinstance(exc, FatalError) else "task_crashed"
-                    log.critical(kind, service=self.name, task=task.get_name(), error=f"{type(exc).__name__}: {exc}",
-                                 exc_info=exc)
+                    kind = "fatal_error" if isinstance(error, FatalError) else "task_crashed"
+                    log.critical(kind, service=self.name, task=task.get_name(),
+                                 error=f"{type(error).__name__}: {error}", exc_info=error)
                     self.stop.set()
         stop_waiter.cancel()
 

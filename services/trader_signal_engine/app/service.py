@@ -105,11 +105,11 @@ def setup(service: Service[Settings]) -> None:
         """Warm markets that joined from the candle streams' history (the same entries the start-up
         rebuild reads; the engine skips what it has seen)."""
         now_ms = service.clock.now_ms()
-        for interval, stream in zip(s.signal_intervals, candle_streams):
+        for interval, stream in zip(s.signal_intervals, candle_streams, strict=True):
             start = f"{now_ms - history_s[interval] * 1000}-0"
             while True:
                 page = await service.redis.xrange(stream, min=start, max="+", count=2000)
-                for raw_id, fields in page:
+                for _, fields in page:
                     try:
                         msg = decode(fields)
                     except PoisonMessage:
@@ -142,7 +142,7 @@ def setup(service: Service[Settings]) -> None:
 
     service.on_start(load_universe)
     service.consume([streams.BOOK, *candle_streams], handle, stateful=True)
-    for interval, stream in zip(s.signal_intervals, candle_streams):
+    for interval, stream in zip(s.signal_intervals, candle_streams, strict=True):
         service.rebuild(stream, fold, history_s=history_s[interval])
     service.every(s.signal_universe_poll_s, follow_universe, name="universe")
     service.every(1.0, refresh_metrics, name="metrics")

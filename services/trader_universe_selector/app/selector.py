@@ -285,7 +285,7 @@ def _rank(result: ChainResult) -> tuple[Member, ...]:
     volumes = [c.view.volume_quote or Decimal(0) for c in result.members]
     top = max(volumes, default=Decimal(0))
     out = []
-    for rank, (cand, vol) in enumerate(zip(result.members, volumes), start=1):
+    for rank, (cand, vol) in enumerate(zip(result.members, volumes, strict=True), start=1):
         score = (vol / top).quantize(SCORE_QUANT) if top > 0 else Decimal(0)
         out.append(Member(cand.market, rank, score, cand.view, tuple(cand.reasons)))
     return tuple(out)
