@@ -186,8 +186,12 @@ class SignalEngine:
             return []
         return self._emit(msg, calls, bar.atr, bar.close)
 
-    def warm(self, msg: CandleUpdated) -> None:
+    def warm(self, msg: CandleUpdated, handled: bool = False) -> None:
         """The same update as ``on_candle`` for a candle from history, emitting nothing.
+
+        ``handled``: the loop is known to have handled this entry already (the start-up rebuild
+        stops where the group has read), so its calls were emitted then and are not kept for a
+        later ``on_candle`` of the same candle (a replay must not emit them again).
 
         Feed a market's history oldest first, after ``set_universe``, and before its live candles
         reach ``on_candle`` (or at least in one go: a series that live candles started before any
@@ -217,7 +221,7 @@ class SignalEngine:
         calls = self._apply(series, bar)
         series.warmed += 1
         self.candles["warmed"] += 1
-        if calls is not None:
+        if calls is not None and not handled:
             pending = series.pending
             pending[bar.open_ts] = _Pending(calls, bar.atr)
             if len(pending) > self.pending_per_series:

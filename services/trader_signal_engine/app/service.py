@@ -91,7 +91,9 @@ def setup(service: Service[Settings]) -> None:
 
     def fold(msg: Message, entry_id: str) -> None:
         if isinstance(msg, CandleUpdated):
-            engine.warm(msg)
+            engine.warm(msg, handled=True)  # the rebuild stops where the group has read
+        elif isinstance(msg, BookTopUpdated):
+            engine.on_book(msg)  # the gates' input: the latest top per market
 
     async def universe_members() -> set[str]:
         return {k.decode() if isinstance(k, bytes) else k for k in await service.redis.hkeys(streams.UNIVERSE)}
@@ -144,6 +146,8 @@ def setup(service: Service[Settings]) -> None:
     service.consume([streams.BOOK, *candle_streams], handle, stateful=True)
     for interval, stream in zip(s.signal_intervals, candle_streams, strict=True):
         service.rebuild(stream, fold, history_s=history_s[interval])
+    # the newest book tops, so the gates can judge the first candles after a restart
+    service.rebuild(streams.BOOK, fold, history_s=max(60.0, s.signal_max_book_age_ms / 1000))
     service.every(s.signal_universe_poll_s, follow_universe, name="universe")
     service.every(1.0, refresh_metrics, name="metrics")
 
