@@ -17,7 +17,6 @@ import argparse
 import asyncio
 import math
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -27,7 +26,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from bench.common import bench_redis, machine, percentile, print_table, write_result
-from bench.loop import make_messages, throughput
+from bench.loop import make_messages, stop_service, throughput
 from tradestack import streams
 from tradestack.embedded_redis import free_port
 from tradestack.messages import BookTopUpdated, CandleUpdated, Trace, decode, derive_id, encode
@@ -65,14 +64,6 @@ def start_engine(url: str, eager: bool) -> subprocess.Popen[bytes]:
         env["SIGNAL_STRATEGIES"] = '[{"method":"momentum","fast":2,"slow":3,"trend":3}]'
     return subprocess.Popen([sys.executable, "-m", "services.trader_signal_engine"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
 
 
 async def reset(client: aioredis.Redis, markets: list[str]) -> None:
@@ -122,7 +113,7 @@ async def candle_throughput(client: aioredis.Redis, url: str, n: int, markets: l
         elapsed = time.perf_counter() - started
         signals = await client.xlen(streams.SIGNALS_BASELINE)
     finally:
-        stop(proc)
+        stop_service(proc)
     return len(msgs) / elapsed, signals
 
 
@@ -166,7 +157,7 @@ async def latency(client: aioredis.Redis, url: str, count: int, rate: int, marke
         await asyncio.wait_for(task, timeout=30)
         await reader.aclose()
     finally:
-        stop(proc)
+        stop_service(proc)
     return got
 
 

@@ -680,6 +680,37 @@ def test_trading_core_commit_script_with_its_keys(acl_redis: RedisUnderTest, adm
     assert admin.xpending(streams.SIGNALS_BASELINE, "trading_core")["pending"] == 1  # not acked
 
 
+def test_trading_core_lease_and_kill_switch_branch_under_its_user(acl_redis: RedisUnderTest,
+                                                                    admin: redis.Redis) -> None:
+    """What the core's commits will carry: its lease (acquire, renew, fence) and an IfKey on
+    trading:kill, which it may only read. Redis 7 wants write rights on every key declared to
+    EVALSHA, so the condition's key travels as an argument, not in KEYS."""
+    from tradestack.effects import IfKey
+    from tradestack.lease import Lease
+
+    admin.xadd(streams.SIGNALS_BASELINE, encode(_event("s1")))
+    admin.set(streams.KILL, "1")
+
+    def handler(msg: Message, delivery: Delivery) -> list[Any]:
+        return [IfKey(streams.KILL, "1", then=(Output(streams.TRADING_EVENTS, _event(derive_id(msg.id, "b"))),),
+                      otherwise=(Output(streams.ORDERS_SHADOW, _event(derive_id(msg.id, "a"))),))]
+
+    async def run() -> None:
+        r = connect(acl_redis.url("trading_core"), client_name="trading_core:test")
+        lease = Lease(r, "trading_core", "c1")
+        assert await lease.try_acquire()
+        await lease.renew()
+        loop = ConsumerLoop(r, group="trading_core", streams_in=[streams.SIGNALS_BASELINE], handler=handler,
+                            metrics=ServiceMetrics("acl_core_if"), consumer="c1", lease=lease)
+        await loop.run_until_idle(asyncio.Event(), redis_wait_s=0)
+        await lease.release()
+        await r.aclose()
+
+    asyncio.run(run())
+    assert admin.xlen(streams.TRADING_EVENTS) == 1 and admin.xlen(streams.ORDERS_SHADOW) == 0
+    assert admin.get("lease:trading_core") is None
+
+
 def test_operator_user(acl_redis: RedisUnderTest, admin: redis.Redis) -> None:
     admin.xadd(streams.ORDERS_SHADOW, {"type": "x", "data": "{}"})
     admin.xgroup_create(streams.ORDERS_SHADOW, "trader_executor", id="0")

@@ -77,7 +77,9 @@ RECENT_IDS = 50_000  # message ids handled lately, kept in memory for the duplic
 #   stream: a timer's effects), lease key index (0 = none), lease value, then per input:
 #   entry_id ('' = no input entry), dedupe_key ('' = none), n_ops, ops...
 # An op: 'X' key maxlen nf f1 v1 ... | 'S' key ttl_ms value | 'H' key nf f1 v1 ... | 'D' key nf f1 ...
-#   | 'K' key | 'C' key value n_then n_else then-ops else-ops  (key = an index into KEYS)
+#   | 'K' key | 'C' name value n_then n_else then-ops else-ops  (key = an index into KEYS; name = a key
+#   name: the condition's key is only read, and a service may hold read-only rights on it, e.g. the
+#   core on trading:kill, while Redis 7's ACL wants write rights on every key declared in KEYS)
 # Returns {statuses, branches}: per input 1 written and acked, 2 duplicate (acked, effects dropped),
 # 0 no longer pending for this consumer (claimed by another; left to it); per 'C' op of a written
 # input, 1 when the key matched. {-1} when the lease is not ours: nothing written.
@@ -131,7 +133,7 @@ local function run(i, count, execute)
       local nthen, nelse = tonumber(ARGV[i + 3]), tonumber(ARGV[i + 4])
       local matched = false
       if execute then
-        matched = redis.call('GET', KEYS[tonumber(ARGV[i + 1])]) == ARGV[i + 2]
+        matched = redis.call('GET', ARGV[i + 1]) == ARGV[i + 2]
         branches[#branches + 1] = matched and 1 or 0
       end
       i = run(i + 5, nthen, execute and matched)
@@ -332,8 +334,8 @@ class Committer:
             args += [entry_id, dedupe, len(effects)]
             for effect in effects:
                 self._encode(effect, args, kidx, conditionals, nested=False)
-        if keys[0] == "":
-            keys[0] = keys[1] if len(keys) > 1 else streams.TRADING_EVENTS  # a declared key, never read
+        if stream is None:
+            keys[0] = keys[1]  # KEYS[1] is the input stream; a timer has none (it writes at least one key)
         reply = await self._commit(keys=keys, args=args)
         if reply and reply[0] == -1:
             assert self.lease is not None
@@ -372,7 +374,7 @@ class Committer:
             if nested:
                 raise ValueError("IfKey effects cannot be nested")
             conditionals.append(effect)
-            args += ["C", kidx(effect.key), effect.equals, len(effect.then), len(effect.otherwise)]
+            args += ["C", effect.key, effect.equals, len(effect.then), len(effect.otherwise)]
             for inner in (*effect.then, *effect.otherwise):
                 self._encode(inner, args, kidx, conditionals, nested=True)
         else:
@@ -431,9 +433,8 @@ class ConsumerLoop(Committer):
         config = config or LoopConfig()
         super().__init__(redis, group=group, consumer=consumer or consumer_name(), metrics=metrics,
                          dedupe_ttl_s=config.dedupe_ttl_s, maxlen=config.maxlen, lease=lease)
-        self.specs = {spec.name: spec for spec in
-                      (StreamSpec(s) if isinstance(s, str) else s for s in streams_in)}
-        self.specs = {name: spec.resolved(config.start_id) for name, spec in self.specs.items()}
+        specs = (StreamSpec(s) if isinstance(s, str) else s for s in streams_in)
+        self.specs = {spec.name: spec.resolved(config.start_id) for spec in specs}
         self.streams = list(self.specs)
         self.handler = handler
         self._handler_is_async = inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(

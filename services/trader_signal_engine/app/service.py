@@ -20,8 +20,9 @@ from tradestack.config import CommonSettings, CsvList
 from tradestack.effects import Effect
 from tradestack.errors import PoisonMessage
 from tradestack.logs import get_logger
-from tradestack.messages import BookTopUpdated, CandleUpdated, Message, decode
+from tradestack.messages import BookTopUpdated, CandleUpdated, Message
 from tradestack.metrics import ServiceMetrics
+from tradestack.rebuild import Rebuild, fold_history
 from tradestack.service import Service, run_service
 
 log = get_logger(__name__)
@@ -104,23 +105,15 @@ def setup(service: Service[Settings]) -> None:
         log.info("universe_loaded", markets=len(members))
 
     async def warm_joined(joined: set[str]) -> None:
-        """Warm markets that joined from the candle streams' history (the same entries the start-up
-        rebuild reads; the engine skips what it has seen)."""
+        """Warm markets that joined from the candle streams' history (the engine keeps the calls of
+        candles the loop has not handled yet, and skips what it has seen)."""
+        def fold_joined(msg: Message, entry_id: str) -> None:
+            if isinstance(msg, CandleUpdated) and msg.market in joined:
+                engine.warm(msg)
+
         now_ms = service.clock.now_ms()
         for interval, stream in zip(s.signal_intervals, candle_streams, strict=True):
-            start = f"{now_ms - history_s[interval] * 1000}-0"
-            while True:
-                page = await service.redis.xrange(stream, min=start, max="+", count=2000)
-                for _, fields in page:
-                    try:
-                        msg = decode(fields)
-                    except PoisonMessage:
-                        continue
-                    if isinstance(msg, CandleUpdated) and msg.market in joined:
-                        engine.warm(msg)
-                if len(page) < 2000:
-                    break
-                start = "(" + (page[-1][0].decode() if isinstance(page[-1][0], bytes) else page[-1][0])
+            await fold_history(service.redis, Rebuild(stream, fold_joined, since_ms=now_ms - history_s[interval] * 1000))
 
     async def follow_universe() -> list[Effect]:
         joined = engine.set_universe(await universe_members())
