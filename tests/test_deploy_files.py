@@ -669,14 +669,14 @@ def test_trading_core_commit_script_with_its_keys(acl_redis: RedisUnderTest, adm
         assert admin.xlen(streams.ORDERS_SHADOW) == 1
         sha = await r.script_load(COMMIT_LUA)
         assert (sha.decode() if isinstance(sha, bytes) else sha) == loop._commit.sha
-        target["stream"] = streams.ORDERS_EXECUTED  # the executor's stream
+        target["stream"] = streams.PNL_SNAPSHOTS  # the PnL orchestrator's stream
         admin.xadd(streams.SIGNALS_BASELINE, encode(_event("s2")))
         with pytest.raises(ResponseError, match="(?i)noperm|no permissions"):
             await loop.read_once(">", block_ms=None)
         await r.aclose()
 
     asyncio.run(run())
-    assert admin.xlen(streams.ORDERS_EXECUTED) == 0
+    assert admin.xlen(streams.PNL_SNAPSHOTS) == 0
     assert admin.xpending(streams.SIGNALS_BASELINE, "trading_core")["pending"] == 1  # not acked
 
 

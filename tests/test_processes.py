@@ -84,14 +84,36 @@ def test_process_starts_serves_metrics_heartbeats_and_stops(service: str, args: 
 
 
 def test_trading_core_once_processes_pending_and_exits(redis_url: str) -> None:
-    # TODO(trading core issue): the core has no consumer loop yet, so this only shows that --once
-    # reaches Redis and exits. Once it consumes signals:baseline, seed a signal before the run and
-    # assert it was handled: a decision in orders:signals and nothing left pending for the group.
-    proc = spawn(["-m", "services.trading_core", "--once"], {"REDIS_URL": redis_url})
+    from tests.core import MARKETS_JSON
+    from tests.core import signal as make_signal
+    from tradestack import streams
+    from tradestack.messages import encode
+
+    client = redis.Redis.from_url(redis_url)
+    client.set(streams.MARKETS, json.dumps({"fetched_ms": 1, "markets": MARKETS_JSON}))
+    client.xadd(streams.SIGNALS_BASELINE, encode(make_signal(1, "BTC-EUR", "60000")))
+    proc = spawn(["-m", "services.trading_core", "--once"],
+                 {"REDIS_URL": redis_url, "BITVAVO_REST_URL": "http://127.0.0.1:1/v2"})
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err.decode()
-    events = [json.loads(line)["event"] for line in out.decode().splitlines() if line.startswith("{")]
+    lines = [json.loads(line) for line in out.decode().splitlines() if line.startswith("{")]
+    events = [line["event"] for line in lines if "event" in line]
     assert events[0] == "service_started_once" and events[-1] == "service_stopped", events
+    summary, = [line for line in lines if "event" not in line]
+    assert summary["decisions"] == {"accepted": 1}
+    assert client.xlen(streams.ORDERS_SIGNALS) == 1
+    assert client.xpending(streams.SIGNALS_BASELINE, "trading_core")["pending"] == 0
+    client.close()
+
+
+def test_trading_core_without_market_rules_stops_with_one_line(redis_url: str) -> None:
+    """No /markets and no cached copy: nothing can be sized or rounded, so the core refuses to start."""
+    proc = spawn(["-m", "services.trading_core", "--once"],
+                 {"REDIS_URL": redis_url, "BITVAVO_REST_URL": "http://127.0.0.1:1/v2"})
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 1
+    assert b"Traceback" not in out + err
+    assert "no market rules" in err.decode().strip().splitlines()[-1]
 
 
 def test_trading_core_once_without_redis_fails() -> None:

@@ -20,7 +20,7 @@ import redis
 
 from tests.conftest import ROOT, port_is_open, wait_until
 from tradestack import streams
-from tradestack.messages import SignalEmitted, decode
+from tradestack.messages import DecisionMade, SignalEmitted, decode
 
 PORTS = (9601, 9602, 9603, 9604, 9605, 9610, 9611, 9612)
 
@@ -67,6 +67,8 @@ def test_stack_selects_markets_and_emits_signals(stack) -> None:  # type: ignore
         # book and candle ingest follow the universe: their markets are the selected ones
         wait_until(lambda: client.xlen(streams.candles("1m")) > 0, timeout_s=60, what="candles of the universe")
         wait_until(lambda: client.xlen(streams.SIGNALS_BASELINE) > 0, timeout_s=150, what="a signal")
+        # the trading core decides on it (rules from the sandbox's /markets)
+        wait_until(lambda: client.xlen(streams.ORDERS_SIGNALS) > 0, timeout_s=30, what="a decision")
     except AssertionError:
         print(log.read_text()[-5000:])
         raise
@@ -77,4 +79,8 @@ def test_stack_selects_markets_and_emits_signals(stack) -> None:  # type: ignore
     assert sig.atr is not None and sig.ref_price > 0
     wait_until(lambda: orjson.loads(client.get(streams.heartbeat("trader_signal_engine")))["state"] == "running",
                what="the signal engine running")
+    (_, fields), = client.xrange(streams.ORDERS_SIGNALS, count=1)
+    decision = decode(fields)
+    assert isinstance(decision, DecisionMade) and decision.signal_id == sig.id and decision.mode == "paper"
+    assert decision.accepted or decision.reasons, decision
     assert proc.poll() is None

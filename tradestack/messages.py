@@ -18,7 +18,7 @@ import uuid
 from decimal import Decimal
 from typing import Annotated, Any, ClassVar, Literal, Mapping, TypeVar
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, PlainSerializer, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, ValidationError
 
 from tradestack.clock import Clock
 from tradestack.errors import PoisonMessage
@@ -421,10 +421,32 @@ class StopAmendIntent(Message):
     mode: Mode
 
 
+class FillInfo(BaseModel):
+    """One trade of an order, as the exchange (or the paper broker) reported it. ``fee`` is None
+    until Bitvavo settles it."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    fill_id: str
+    ts: int
+    amount: Dec
+    price: Dec
+    taker: bool
+    fee: Dec | None
+    fee_currency: str | None
+
+
+OrderPurpose = Literal["entry", "stop", "exit", "emergency", "unknown"]
+
+
 class OrderExecuted(Message):
-    """An order state from the executor: fills so far, fees, status."""
+    """An order state from the executor: fills so far (cumulative per ``client_order_id``), fees,
+    status. v2 adds what an audit needs: the position the order belongs to (the entry intent's
+    id), why the order exists (``purpose``: entry, the resting stop, an exit, an emergency close),
+    its type and trigger price, the exchange's fills, and the Bitvavo restatement reason."""
 
     TYPE: ClassVar[str] = "order.executed"
+    V: ClassVar[int] = 2
+    v: int = 2
     intent_id: str
     client_order_id: str
     order_id: str | None
@@ -438,6 +460,14 @@ class OrderExecuted(Message):
     fee_currency: str
     mode: Mode
     reason: str | None
+    position_id: str | None = None
+    purpose: OrderPurpose = "unknown"
+    order_type: str | None = None
+    amount: Dec | None = None  # what was asked (base); None for an amountQuote order
+    trigger_price: Dec | None = None
+    fills: list[FillInfo] = Field(default_factory=list)
+    restatement_reason: str | None = None
+    exchange_ts: int | None = None  # the order's ``updated`` on the exchange
 
 
 # ---------------------------------------------------------------------------------------

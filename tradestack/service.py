@@ -494,6 +494,10 @@ def run_service(name: str, settings_cls: type[S], metrics_prefix: str,
     except ConfigError as exc:
         print(f"tradestack: {exc}", file=sys.stderr, flush=True)
         return 2
+    except FatalError as exc:  # e.g. a start-up hook that cannot get what the service needs
+        log.error("service_failed", service=name, error=str(exc))
+        print(f"tradestack: {name}: {exc}", file=sys.stderr, flush=True)
+        return 1
 
 
 def _redacted(url: str) -> str:

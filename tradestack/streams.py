@@ -27,6 +27,7 @@ KILL_REASON = "trading:kill:reason"
 UNIVERSE = "trading:universe"  # hash market → JSON
 PNL = "trading:pnl"  # hash
 POSITIONS = "trading:positions"  # hash
+MARKETS = "trading:markets"  # the trading core's copy of /markets (JSON), for a start without the exchange
 HEARTBEAT_PREFIX = "trading:heartbeat:"
 DEDUPE_PREFIX = "dedupe:"
 

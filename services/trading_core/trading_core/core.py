@@ -53,7 +53,7 @@ from typing import Any, Literal
 
 from tradestack import streams
 from tradestack.clock import Clock
-from tradestack.effects import Effect, Output
+from tradestack.effects import Effect, IfKey, Output
 from tradestack.errors import ConfigError
 from tradestack.ledger import PositionLedger
 from tradestack.markets import MarketCatalog, MarketRules
@@ -173,6 +173,12 @@ class _EventWindow:
     suppressed: int = 0
 
 
+def _uncount(counter: Counter[Any], key: Any) -> None:
+    counter[key] -= 1
+    if counter[key] <= 0:
+        del counter[key]
+
+
 def utc_day(ts_ms: int) -> str:
     return dt.datetime.fromtimestamp(ts_ms / 1000, tz=dt.UTC).date().isoformat()
 
@@ -222,6 +228,59 @@ class TradingCore:
         while len(self._decided) > self.config.decision_cache:
             self._decided.popitem(last=False)
         return list(effects)
+
+    def on_signal_gated(self, msg: SignalEmitted, kill_switch: bool) -> list[Effect]:
+        """``on_signal`` for the live loop: an accepted entry is wrapped in an ``IfKey`` on
+        ``trading:kill``, so the commit itself reads the switch again. Set between this call and the
+        commit, the switch picks the blocked branch (the same decision id, ``blocked:
+        kill_switch``, no intent), and ``_retract`` forgets the intent the core had counted: no
+        entry intent is ever committed while the switch is on, whatever the watcher's poll saw."""
+        effects = self.on_signal(msg, kill_switch)
+        if kill_switch or not effects:
+            return effects
+        first = effects[0]
+        if not (isinstance(first, Output) and isinstance(first.msg, DecisionMade) and first.msg.accepted):
+            return effects
+        intent = next(e.msg for e in effects if isinstance(e, Output) and isinstance(e.msg, EntryIntent))
+        blocked = self._killed_variant(first.msg)
+
+        def chosen(killed: bool | None) -> None:
+            if killed:
+                self._retract(msg.id, intent, blocked)
+
+        return [IfKey(streams.KILL, "1", then=tuple(blocked), otherwise=tuple(effects), on_chosen=chosen)]
+
+    def _killed_variant(self, decision: DecisionMade) -> list[Effect]:
+        checks = [GuardCheck(name=c.name, passed=False, value="on (read at commit)", limit="off",
+                             reason="kill_switch") if c.name == "kill_switch" else c for c in decision.checks]
+        blocked = decision.model_copy(update={"accepted": False, "reasons": ["kill_switch"], "checks": checks,
+                                              "intent_id": None})
+        event = self.factory.child(
+            blocked, TradingEvent, kind="kill_switch", severity="warning",
+            message=f"entry blocked in {blocked.market}: kill_switch (set while the signal was being decided)",
+            details={"decision_id": blocked.id, "signal_id": blocked.signal_id, "market": blocked.market,
+                     "strategy": blocked.strategy, "reasons": "kill_switch"})
+        return [Output(streams.ORDERS_SIGNALS, blocked), Output(streams.TRADING_EVENTS, event)]
+
+    def _retract(self, signal_id: str, intent: EntryIntent, blocked: list[Effect]) -> None:
+        """Undo what deciding ``intent`` taught the core, because the commit wrote the blocked branch."""
+        self._known_intents.discard(intent.id)
+        self._inflight.pop(intent.id, None)
+        self._decided_before.discard(signal_id)
+        plan = self.monitor.get(intent.market)
+        if plan is not None and plan.position_id == intent.id:
+            self.monitor.close(intent.market)
+        _uncount(self.decisions, ("accepted", ""))
+        _uncount(self.intents, "entry")
+        self.decisions[("blocked", "kill_switch")] += 1
+        self.blocked_reasons["kill_switch"] += 1
+        if signal_id in self._decided:
+            self._decided[signal_id] = list(blocked)
+
+    def set_catalog(self, catalog: MarketCatalog) -> None:
+        """New market rules (the periodic ``/markets`` refresh); plans keep the rules they opened with."""
+        self.catalog = catalog
+        self._catalog_markets = frozenset(catalog)
 
     def on_book(self, msg: BookTopUpdated) -> list[Effect]:
         if msg.bid <= 0:
@@ -517,6 +576,10 @@ class TradingCore:
 
     def _has_position(self, market: str) -> bool:
         return self.ledger.size(market) > 0 or self._entry_in_flight(market)
+
+    def open_positions(self) -> int:
+        """Markets with an open position or an in-flight entry."""
+        return self._open_positions()
 
     def _open_positions(self) -> int:
         markets = set(self.ledger.positions)
