@@ -1,27 +1,35 @@
-"""A small asyncio REST client for Bitvavo's public endpoints (book, candles, markets).
+"""A small asyncio REST client for Bitvavo: public endpoints (book, candles, markets) and, through
+``bitvavo.private.BitvavoPrivate``, signed private ones. Every request, any method, signed or not,
+goes through ``BitvavoRest.request``: one budget, one ban handling, one metrics callback.
 
-Rate limits (reference §7): 1000 weight points per minute per IP when unauthenticated, shared by
-every process on the host and by WS. Two guards:
+Rate limits (reference §7): 1000 weight points per minute per IP when unauthenticated (per API key
+when signed), shared by every process on the host and by WS. Two guards:
 
 - ``RateBudget``: our own sliding-minute budget (``points_per_min``, a share of the 1000 so
-  several processes fit), checked before every request;
+  several processes fit), checked before every request; one per process, public and private alike;
 - the exchange's headers: ``bitvavo-ratelimit-remaining`` below ``reserve`` waits until
-  ``bitvavo-ratelimit-resetat``; a 429/105 ban waits until the time in its message.
+  ``bitvavo-ratelimit-resetat``; a 429/105 ban waits until the time in its message, then retries
+  (for any method: a banned request was refused before it ran).
 
-5xx and timeouts retry with capped backoff (public GETs are idempotent).
+GETs are idempotent: 5xx and timeouts retry with capped backoff. POST/PUT/DELETE are not retried on
+a timeout, connection error or 5xx: the outcome is unknown, and ``RestUnavailable`` says so.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 from collections import deque
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Mapping
+from urllib.parse import urlencode
 
 import aiohttp
 import orjson
+from yarl import URL
 
 from tradestack.backoff import Backoff
+from tradestack.bitvavo.auth import Credentials
 from tradestack.clock import SYSTEM_CLOCK, Clock
 from tradestack.errors import TradestackError, TransientError
 from tradestack.logs import get_logger
@@ -29,6 +37,8 @@ from tradestack.logs import get_logger
 log = get_logger(__name__)
 
 _BAN_AT = re.compile(r" at (\d+)\.")
+IDEMPOTENT = frozenset({"GET"})
+UNKNOWN_OUTCOME = "the outcome is unknown: look the order up by clientOrderId before retrying"
 
 
 class RestError(TradestackError):
@@ -38,6 +48,7 @@ class RestError(TradestackError):
         super().__init__(f"HTTP {status} errorCode {error_code}: {message}")
         self.status = status
         self.error_code = error_code
+        self.message = message
 
 
 class RestUnavailable(RestError, TransientError):
@@ -46,8 +57,31 @@ class RestUnavailable(RestError, TransientError):
     lets it through has its message retried later (errors.py)."""
 
 
+class OrderNotFound(RestError):
+    """errorCode 240: no such order (or it is no longer there to update/cancel)."""
+
+
+class InsufficientBalance(RestError):
+    """errorCode 216: not enough available balance for the order."""
+
+
+class DuplicateClientOrderId(RestError):
+    """errorCode 220: an open order of this market already carries the clientOrderId."""
+
+
+class AuthError(RestError):
+    """errorCode 300..320 (HTTP 403): bad key, signature, timestamp/window, or missing permission."""
+
+
+_BY_CODE: dict[int, type[RestError]] = {240: OrderNotFound, 216: InsufficientBalance, 220: DuplicateClientOrderId}
+
+
 def rest_error(status: int, error_code: int | None, message: str) -> RestError:
-    cls = RestUnavailable if status <= 0 or status >= 500 else RestError
+    if status <= 0 or status >= 500:
+        return RestUnavailable(status, error_code, message)
+    cls = _BY_CODE.get(error_code) if error_code is not None else None
+    if cls is None:
+        cls = AuthError if error_code is not None and 300 <= error_code <= 320 else RestError
     return cls(status, error_code, message)
 
 
@@ -97,8 +131,19 @@ class RateBudget:
 Sleep = Callable[[float], Awaitable[Any]]
 
 
+def _query_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
 class BitvavoRest:
-    WEIGHTS = {"book": 1, "candles": 1, "markets": 1, "time": 1}
+    # Weight of each endpoint (reference §4/§7, with the 2026-05-19 changes); also the metrics label.
+    WEIGHTS = {
+        "book": 1, "candles": 1, "markets": 1, "time": 1,
+        "order_get": 1, "order_post": 1, "order_put": 1, "order_delete": 1,
+        "orders": 5, "orders_open": 5, "orders_open_all": 100, "trades": 5, "balance": 5, "fees": 1,
+    }
 
     def __init__(self, base_url: str, session: aiohttp.ClientSession | None = None, *,
                  points_per_min: int = 300, reserve: int = 100, timeout_s: float = 10.0, max_attempts: int = 5,
@@ -126,7 +171,22 @@ class BitvavoRest:
         return self._session
 
     async def get(self, endpoint: str, path: str, params: dict[str, Any] | None = None) -> Any:
+        return await self.request("GET", endpoint, path, params)
+
+    async def request(self, method: str, endpoint: str, path: str, params: Mapping[str, Any] | None = None,
+                      body: Mapping[str, Any] | None = None, *, credentials: Credentials | None = None) -> Any:
+        """One API call: ``path`` is after the base URL (``/order``), ``params`` the query (None values
+        dropped), ``body`` the JSON body (POST/PUT). Signed when ``credentials`` are given: the query
+        and the compact JSON body are signed exactly as sent, with a timestamp taken after any budget
+        wait. Returns the parsed JSON of a 200; raises ``RestError`` (a subclass by errorCode) or
+        ``RestUnavailable``. Only GETs are retried on a timeout, connection error or 5xx."""
+        method = method.upper()
         weight = self.WEIGHTS.get(endpoint, 1)
+        query = urlencode([(k, _query_value(v)) for k, v in (params or {}).items() if v is not None])
+        path_qs = f"{path}?{query}" if query else path
+        url = URL(self.base_url + path_qs, encoded=True)  # the bytes we signed are the bytes sent
+        body_text = json.dumps(body, separators=(",", ":")) if body is not None else ""
+        idempotent = method in IDEMPOTENT
         backoff = Backoff(0.2, 10.0)
         attempt = 0
         while True:
@@ -139,35 +199,50 @@ class BitvavoRest:
                     log.info("rest_budget_wait", endpoint=endpoint, wait_s=round(wait, 3))
                     await self.sleep(wait)
                 self.budget.spend(weight, self.clock.monotonic())
+                headers = {"Content-Type": "application/json"} if body is not None else {}
+                if credentials is not None:
+                    headers.update(credentials.headers(self.clock.now_ms(), method, path_qs, body_text))
                 try:
-                    async with self._sess().get(self.base_url + path, params=params, timeout=self.timeout) as resp:
-                        body = await resp.read()
+                    async with self._sess().request(method, url, data=body_text.encode() if body is not None else None,
+                                                    headers=headers, timeout=self.timeout) as resp:
+                        raw = await resp.read()
                         self.budget.observe(resp.headers)
                         status = resp.status
                 except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                    error = f"{type(exc).__name__}: {exc}"
+                    if not idempotent:
+                        self._count(endpoint, "unknown")
+                        log.error("rest_outcome_unknown", endpoint=endpoint, method=method, error=error)
+                        raise RestUnavailable(0, None, f"{method} {path}: no answer ({error}); {UNKNOWN_OUTCOME}") from None
                     self._count(endpoint, "error")
                     if attempt >= self.max_attempts:
-                        raise RestUnavailable(0, None, f"{type(exc).__name__}: {exc}") from None
-                    log.warning("rest_request_failed", endpoint=endpoint, attempt=attempt, error=f"{type(exc).__name__}: {exc}")
-                    status, body = -1, b""
+                        raise RestUnavailable(0, None, error) from None
+                    log.warning("rest_request_failed", endpoint=endpoint, attempt=attempt, error=error)
+                    status, raw = -1, b""
             if status == -1:
                 await self.sleep(backoff.next_delay())
                 continue
             try:
-                data = orjson.loads(body) if body else None
+                data = orjson.loads(raw) if raw else None
             except orjson.JSONDecodeError:
                 data = None
             if status == 200 and not (isinstance(data, dict) and "errorCode" in data):
                 self._count(endpoint, "ok")
                 return data
             code = data.get("errorCode") if isinstance(data, dict) else None
-            message = str(data.get("error", "")) if isinstance(data, dict) else body[:200].decode("utf-8", "replace")
+            message = str(data.get("error", "")) if isinstance(data, dict) else raw[:200].decode("utf-8", "replace")
             if status == 429 or code == 105:
+                # Refused before it ran, whatever the method: wait out the ban, then send it again.
                 self.budget.banned(message, self.clock.now_ms())
                 self._count(endpoint, "banned")
                 log.error("rest_rate_limited", endpoint=endpoint, error=message,
                           banned_until=self.budget.banned_until_ms)
                 continue  # the budget waits until the ban expires
+            if status >= 500 and not idempotent:
+                self._count(endpoint, "unknown")
+                log.error("rest_outcome_unknown", endpoint=endpoint, method=method, status=status, error_code=code,
+                          error=message)
+                raise RestUnavailable(status, code, f"{message}; {UNKNOWN_OUTCOME}")
             if status >= 500 and attempt < self.max_attempts:
                 self._count(endpoint, "retry")
                 log.warning("rest_server_error", endpoint=endpoint, status=status, error_code=code, error=message)
