@@ -121,6 +121,19 @@ def test_a_row_that_fits_no_schema_is_set_aside_and_the_hour_still_compacts(tmp_
     assert sink.compact_due(include_current=True) == []  # nothing left to fail again
 
 
+def test_a_row_missing_a_required_field_is_set_aside_not_failing_the_hour(tmp_path: Path) -> None:
+    clock = FakeClock(T0)
+    sink = ParquetSink(tmp_path, clock)
+    missing = orjson.loads(_delta(2))
+    del missing["nonce"]  # valid JSON, every type right: Arrow reads it as a null in a non-nullable column
+    sink.write([("orderbook/update", T0, _delta(1)), ("orderbook/update", T0, orjson.dumps(missing)),
+                ("orderbook/update", T0, _delta(3))])
+    sink.close()
+    [p] = sink.compact_due(include_current=True)
+    assert [r["nonce"] for r in pq.read_table(p).to_pylist()] == [1, 3]
+    assert sink.rejected_rows == 1 and sink.fallback_blocks == 1
+
+
 def test_crash_between_rename_and_delete_does_not_duplicate(tmp_path: Path) -> None:
     clock = FakeClock(T0)
     sink = ParquetSink(tmp_path, clock)
