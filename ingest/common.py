@@ -36,7 +36,6 @@ class IngestSettings(CommonSettings):
     rest_points_per_min: int = Field(300, ge=1, le=1000)
     rest_reserve_points: int = Field(100, ge=0, le=1000)
     universe_poll_s: float = Field(2.0, gt=0)
-    parquet_retention_days: int = Field(0, ge=0)  # 0 keeps every day
     parquet_fsync: bool = False  # fsync JSONL before XADD (survives an OS crash; slower)
     compact_every_s: float = Field(60.0, gt=0)
     emit_max_pending: int = Field(2_000, ge=100)  # the WS reader pauses above this

@@ -8,6 +8,7 @@ import asyncio
 import signal
 import subprocess
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -57,9 +58,9 @@ def core_env(redis_url: str, **extra: str) -> dict[str, str]:
             "LEASE_TTL_MS": "1000", **extra}
 
 
-def run_once(redis_url: str) -> tuple[int, dict[str, Any], str]:
+def run_once(redis_url: str, **env: str) -> tuple[int, dict[str, Any], str]:
     """Exit code, the printed summary (the one stdout line that is not a log line), stderr."""
-    proc = spawn([*CORE, "--once"], core_env(redis_url))
+    proc = spawn([*CORE, "--once"], core_env(redis_url, **env))
     out, err = proc.communicate(timeout=60)
     lines = [orjson.loads(line) for line in out.decode().splitlines() if line.startswith("{")]
     summaries = [line for line in lines if "decisions" in line and "event" not in line]
@@ -67,7 +68,8 @@ def run_once(redis_url: str) -> tuple[int, dict[str, Any], str]:
     return proc.returncode, summaries[0], err.decode()
 
 
-def test_once_decides_a_storm_once_and_a_restart_decides_nothing_again(redis_url: str, rclient: redis.Redis) -> None:
+def test_once_decides_a_storm_once_and_a_restart_decides_nothing_again(redis_url: str, rclient: redis.Redis,
+                                                                      tmp_path: Path) -> None:
     seed_rules(rclient)
     storm = make_signal(1, "BTC-EUR", "60000")
     for _ in range(100):
@@ -76,7 +78,7 @@ def test_once_decides_a_storm_once_and_a_restart_decides_nothing_again(redis_url
     rclient.xadd(streams.SIGNALS_BASELINE, encode(make_signal(3, "SOL-EUR", "150", side="sell")))
     rclient.xadd(streams.SIGNALS_BASELINE, {"type": "signal.emitted", "data": b"{not json"})
 
-    code, summary, err = run_once(redis_url)
+    code, summary, err = run_once(redis_url, PARQUET_DIR=str(tmp_path))
     assert code == 0, err
     decisions = messages(rclient, streams.ORDERS_SIGNALS)
     assert sorted((d.market, d.accepted) for d in decisions) == [("BTC-EUR", True), ("ETH-EUR", True),
@@ -92,6 +94,9 @@ def test_once_decides_a_storm_once_and_a_restart_decides_nothing_again(redis_url
     assert rclient.xlen(streams.dlq(streams.SIGNALS_BASELINE)) == 1
     assert summary["decisions"] == {"accepted": 2, "blocked": 1}
     assert summary["open_positions"] == 2 and len(summary["in_flight"]) == 2
+    # decisions and intents are archived as published (Parquet after the hour; JSONL until then)
+    rows = [orjson.loads(line) for path in tmp_path.glob("*/trading/*/*.jsonl") for line in path.read_bytes().splitlines()]
+    assert sorted(r["msg"]["id"] for r in rows) == sorted(m.id for m in decisions + intents)
 
     # a restart, and the storm again: the in-flight intents are rebuilt, nothing is decided twice
     for _ in range(100):

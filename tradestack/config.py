@@ -60,6 +60,8 @@ class CommonSettings(BaseSettings):
     lease_poll_ms: int = Field(250, ge=10, le=10_000)
 
     parquet_dir: str = "./data/parquet"
+    parquet_retention_days: int = Field(0, ge=0)  # 0 keeps every day; give every process the same value
+    parquet_compact_every_s: float = Field(60.0, gt=0)  # the trading archive's compaction round
 
     # Exchange (DESIGN §3)
     bitvavo_api_key: SecretStr | None = None

@@ -28,7 +28,17 @@ import redis.asyncio as aioredis
 from tradestack import streams
 from tradestack.aio import wait_or_stop
 from tradestack.backoff import Backoff
-from tradestack.bus import REDIS_DOWN, Committer, ConsumerLoop, Handler, LoopConfig, Publisher, StreamArg, consumer_name
+from tradestack.bus import (
+    REDIS_DOWN,
+    Committer,
+    ConsumerLoop,
+    Handler,
+    LoopConfig,
+    Publisher,
+    StreamArg,
+    StreamSpec,
+    consumer_name,
+)
 from tradestack.clock import SYSTEM_CLOCK, Clock
 from tradestack.config import CommonSettings, load_settings_or_exit
 from tradestack.effects import Effect
@@ -93,6 +103,7 @@ class Service(Generic[S]):
         self._timers: list[Timer] = []
         self._rebuilds: list[tuple[str, Fold, bool | None, float | None, float]] = []
         self._hooks: list[Hook] = []
+        self._closers: list[Callable[[], None]] = []  # run at exit (e.g. the archive's open files)
         self._tasks: list[tuple[str, Callable[[], Coroutine[Any, Any, None]]]] = []
         self._committer: Committer | None = None
         self._beat_now = asyncio.Event()  # a state change is published at once, not at the next beat
@@ -115,6 +126,47 @@ class Service(Generic[S]):
                             stateful=stateful, lease=self.lease)
         self._loops.append(loop)
         return loop
+
+    def archive(self, streams_in: Sequence[str]) -> None:
+        """Keep these streams' messages in Parquet under ``${PARQUET_DIR}/YYYY-MM-DD/trading/``
+        (storage.TradingArchive), read back from the streams by a loop of its own group,
+        ``<name>.archive``: a row is written and flushed before its entry is acked, so what was
+        committed is archived exactly as published, a crash loses none (a replay may write a row
+        twice, with the same id: readers dedupe by id), and a decision the kill switch turned into
+        a blocked one at commit time is archived as the blocked one. Compaction and retention run
+        in a thread every ``PARQUET_COMPACT_EVERY_S``."""
+        from tradestack.storage import ParquetSink, TradingArchive, trading_kind
+
+        for stream in streams_in:
+            trading_kind(stream)  # a stream that is not trading data fails here
+        archive = TradingArchive(ParquetSink(self.settings.parquet_dir, self.clock,
+                                             retention_days=self.settings.parquet_retention_days))
+
+        def record(msg: Any, delivery: Any) -> list[Effect]:
+            archive.record(delivery.stream, msg)
+            return []
+
+        specs = [StreamSpec(stream, start="0", dedupe=False) for stream in streams_in]
+        cfg = LoopConfig.from_settings(self.settings)
+        self._loops.append(ConsumerLoop(
+            self.redis, group=f"{self.name}.archive", streams_in=specs, handler=record, metrics=self.metrics,
+            config=cfg, consumer=self.consumer, clock=self.clock,
+            on_health=functools.partial(self._report, "archive"), lease=self.lease))
+
+        async def maintain() -> None:
+            while not self.stop.is_set():
+                try:
+                    await asyncio.to_thread(archive.compact_due)
+                    await asyncio.to_thread(archive.apply_retention)
+                except Exception as exc:  # noqa: BLE001 - disk full, a bug: log, keep trading, retry next round
+                    log.error("archive_maintenance_failed", error=f"{type(exc).__name__}: {exc}", exc_info=exc)
+                await wait_or_stop(self.stop, self.settings.parquet_compact_every_s)
+
+        def close() -> None:
+            archive.close()
+
+        self.add_task("archive", maintain)
+        self._closers.append(close)
 
     def every(self, seconds: float, fn: TimerFn, name: str | None = None) -> None:
         """Call ``fn`` every ``seconds`` while active; the effects it returns are committed atomically
@@ -275,7 +327,7 @@ class Service(Generic[S]):
                 result = hook()
                 if inspect.isawaitable(result):
                     await result
-            consumed = {stream for loop in self._loops for stream in loop.streams}
+            consumed = {stream for loop in self._loops if loop.group == self.name for stream in loop.streams}
             now_ms = self.clock.now_ms()
             for stream, fold, bound, history_s, timeout_s in self._rebuilds:
                 bound = stream in consumed if bound is None else bound
@@ -469,6 +521,8 @@ class Service(Generic[S]):
             await asyncio.wait_for(self.redis.aclose(), 0.5)
         except (*REDIS_DOWN, asyncio.TimeoutError):
             pass
+        for close in self._closers:
+            close()
         self.metrics.close()
 
 

@@ -205,6 +205,7 @@ def setup(service: Service[Settings]) -> None:
     service.use_lease()
     service.on_start(start)
     service.consume([*signal_streams, streams.BOOK, streams.ORDERS_EXECUTED], handle, stateful=True)
+    service.archive([streams.ORDERS_SIGNALS, streams.ORDERS_SHADOW])  # ${PARQUET_DIR}/<day>/trading/
     service.rebuild(streams.ORDERS_SHADOW, fold_intent, bound_to_group=False)
     service.rebuild(streams.ORDERS_EXECUTED, fold_executed)
     service.rebuild(streams.BOOK, fold_book, bound_to_group=False, history_s=s.core_book_history_s)
