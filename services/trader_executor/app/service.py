@@ -1,31 +1,413 @@
-"""Executor: settings, streams and wiring (DESIGN §1).
+"""Executor: settings, streams and wiring (DESIGN §1, §3, §5). The decisions are in manager.py
+(``OrderManager``, pure), the brokers in brokers.py (paper.py simulates Bitvavo; sandbox and live
+use Bitvavo's private API), the mode gates in gates.py (docs/executor.md).
 
-Runs the shared runtime (metrics, heartbeat, kill switch, SIGTERM). Its handlers arrive
-with the executor issue; until then it consumes nothing, so no message is acked unhandled.
+Reads ``orders:shadow`` (intents from the core) and, in paper mode, ``bitvavo:book`` (the paper
+fills and stops); in sandbox and live mode the account's order events (authenticated WS) with REST
+polling while the socket is down. Writes execution reports to ``orders:executed`` and lifecycle
+events to ``trading:events``. One executor acts (``lease:trader_executor``).
+
+Start: the mode gates (a missing one stops the start with one line), market rules, the manager
+rebuilt from ``orders:shadow`` and ``orders:executed``, then reconciled with the exchange (its open
+orders; every order not known final looked up) before any new intent is read.
+
+Safety at the door, whatever the core decided: the kill switch is read from Redis again right
+before an entry is sent (Redis unreachable counts as on); live limits are checked by the manager.
+Every ``Place`` is preceded by a lookup of its clientOrderId ("look before you place"): an order
+sent just before a crash (before its report was committed) is found and adopted, never sent twice.
 """
 
 from __future__ import annotations
 
-from pydantic import Field
+import asyncio
+from collections import deque
+from decimal import Decimal
+from typing import Any, cast
 
+import orjson
+from pydantic import Field, field_validator
+
+from services.trader_executor.app.brokers import Broker, PaperBrokerAdapter, RealBroker
+from services.trader_executor.app.gates import resolve_mode
+from services.trader_executor.app.manager import (
+    Amend,
+    Cancel,
+    Command,
+    DoorLimits,
+    Failure,
+    OrderManager,
+    Place,
+    Step,
+)
+from services.trader_executor.app.paper import PaperBroker
 from tradestack import streams
+from tradestack.bitvavo.orders import OrderState
+from tradestack.bitvavo.parse import ParseError
+from tradestack.bitvavo.private import AccountStream, BitvavoPrivate
+from tradestack.bitvavo.rest import BitvavoRest, OrderNotFound, RestError, RestUnavailable
+from tradestack.bus import REDIS_DOWN, Delivery
+from tradestack.catalog import load_catalog
 from tradestack.config import CommonSettings
+from tradestack.effects import Effect, Output
+from tradestack.errors import PoisonMessage
+from tradestack.logs import get_logger
+from tradestack.messages import BookTopUpdated, EntryIntent, ExitIntent, Message, Mode, OrderExecuted, StopAmendIntent
+from tradestack.metrics import ServiceMetrics
+from tradestack.rebuild import Rebuild, fold_history
 from tradestack.service import Service, run_service
+
+log = get_logger(__name__)
 
 NAME = "trader_executor"
 METRICS_PREFIX = "trader_executor"
 READS = [streams.ORDERS_SHADOW]
 WRITES = [streams.ORDERS_EXECUTED, streams.TRADING_EVENTS]
-KEYS = []
+KEYS = [streams.KILL]
+PAPER_STATE = "executor:paper"  # the paper account (balances, resting orders), written before each commit
+MAX_COMMANDS = 64  # per input: a bug that loops never hammers the exchange
 
 
 class Settings(CommonSettings):
     metrics_port: int = Field(9603, ge=0, le=65535)
+    # Live gates (gates.py)
+    secrets_file: str = ".env"
+    golive_record: str = "./data/golive/golive.json"
+    golive_max_age_hours: float = Field(24.0, gt=0)
+    live_max_order_notional_eur: Decimal | None = None
+    live_max_total_notional_eur: Decimal | None = None
+    # Orders
+    executor_stop_retries: int = Field(2, ge=0, le=10)
+    executor_poll_secs: float = Field(5.0, gt=0)  # REST polling of our orders while the account socket is down
+    executor_poll_up_secs: float = Field(60.0, gt=0)  # the same while it is up (a safety net)
+    executor_commit_secs: float = Field(0.05, gt=0)  # reports from exchange events are committed this often
+    # Paper broker
+    paper_eur: Decimal = Field(Decimal(1000), gt=0)  # the paper account's starting EUR
+    paper_maker_fee: Decimal = Field(Decimal("0.0015"), ge=0)
+    paper_taker_fee: Decimal = Field(Decimal("0.0025"), ge=0)
+    paper_slippage_bps: Decimal = Field(Decimal(0), ge=0)
+    paper_book_max_age_ms: int = Field(10_000, ge=0)  # an older book is not filled against (0: no limit)
+    paper_depth: int = Field(50, ge=1, le=1000)  # REST book depth fetched before a market order
+
+    @field_validator("live_max_order_notional_eur", "live_max_total_notional_eur", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: Any) -> Any:
+        return None if value == "" else value
 
 
-def setup(service: Service) -> None:
-    """Register this process's consumer loops and tasks (none yet)."""
+class Metrics(ServiceMetrics):
+    def __init__(self) -> None:
+        super().__init__(METRICS_PREFIX)
+        self.commands = self.hot_counter("commands_total", "Broker commands, by kind and outcome", ["kind", "outcome"])
+        self.reports = self.hot_counter("reports_total", "Execution reports, by purpose and status",
+                                        ["purpose", "status"])
+        self.events = self.hot_counter("events_total", "Lifecycle events, by kind and severity", ["kind", "severity"])
+        self.positions = self.gauge("positions", "Positions with coins held", [])
+        self.unprotected = self.gauge("unprotected_positions", "Positions with coins held and no open stop "
+                                      "(should be 0 but for a moment after a fill)", [])
+        self.halted = self.gauge("halted_positions", "Positions the executor stopped acting on (critical)", [])
+        self.account_ws = self.gauge("account_ws_up", "1 while the account socket is up (paper: always 1)", [])
+        self.command_seconds = self.histogram("command_seconds", "Broker call time, by kind", ["kind"])
+
+
+def _kind(cmd: Command) -> str:
+    return type(cmd).__name__.lower()
+
+
+def setup(service: Service[Settings]) -> None:
+    s = service.settings
+    mode: Mode = resolve_mode(s, service.clock.now_ms())  # type: ignore[assignment]  # one line when refused
+    metrics = service.metrics
+    assert isinstance(metrics, Metrics)
+    limits = DoorLimits(
+        allowed_markets=frozenset(s.live_allowed_markets) if s.live_allowed_markets else None,
+        max_order_notional_eur=s.live_max_order_notional_eur, max_total_notional_eur=s.live_max_total_notional_eur)
+    lock = asyncio.Lock()  # one driver of the manager and the broker at a time
+    pending: list[Effect] = []  # reports and events made outside a handler, committed by a timer
+    holder: dict[str, Any] = {"ws_up": mode == "paper", "last_poll": 0.0}
+    wake = asyncio.Event()  # the account socket (re)connected or said something: poll now
+
+    def manager() -> OrderManager:
+        return cast(OrderManager, holder["manager"])
+
+    def broker() -> Broker:
+        return cast(Broker, holder["broker"])
+
+    async def kill_now() -> bool:
+        """The switch as Redis has it right now (unreachable: on)."""
+        try:
+            return bool(await service.redis.get(streams.KILL) == b"1") or service.kill_switch
+        except REDIS_DOWN:
+            return True
+
+    async def execute(cmd: Command) -> Step:
+        m = manager()
+        b = broker()
+        now = service.clock.now_ms()
+        kind = _kind(cmd)
+        started = asyncio.get_running_loop().time()
+        try:
+            if isinstance(cmd, Place):
+                existing = await b.get(cmd.market, cmd.client_order_id)  # look before you place
+                if existing is not None:
+                    log.warning("order_found_before_place", client_order_id=cmd.client_order_id,
+                                status=existing.status, purpose=cmd.purpose)
+                state: OrderState | None = existing if existing is not None else await b.place(cmd.request)
+                assert state is not None
+                step = m.on_order(state, now)
+            elif isinstance(cmd, Cancel):
+                state = await b.cancel(cmd.market, cmd.client_order_id)
+                step = m.on_order(state, now) if state is not None else \
+                    m.on_failed(cmd, Failure("not_found", 240, "no such order"), now)
+            elif isinstance(cmd, Amend):
+                step = m.on_order(await b.amend(cmd.market, cmd.client_order_id, amount=cmd.amount,
+                                                trigger_price=cmd.trigger_price), now)
+            else:
+                found = await b.get(cmd.market, cmd.client_order_id)
+                step = m.on_lookup(cmd, found, now, kill_switch=service.kill_switch)
+            metrics.commands.values[(kind, "ok")] = metrics.commands.values.get((kind, "ok"), 0) + 1
+        except OrderNotFound as exc:
+            metrics.commands.values[(kind, "not_found")] = metrics.commands.values.get((kind, "not_found"), 0) + 1
+            step = m.on_failed(cmd, Failure("not_found", exc.error_code, str(exc)), now)
+        except RestUnavailable as exc:  # before RestError: the outcome is unknown
+            metrics.commands.values[(kind, "unknown")] = metrics.commands.values.get((kind, "unknown"), 0) + 1
+            log.warning("order_outcome_unknown", command=kind, client_order_id=cmd.client_order_id, error=str(exc))
+            step = m.on_failed(cmd, Failure("unknown", exc.error_code, str(exc)), now)
+        except RestError as exc:
+            metrics.commands.values[(kind, "rejected")] = metrics.commands.values.get((kind, "rejected"), 0) + 1
+            log.warning("order_rejected", command=kind, client_order_id=cmd.client_order_id, error=str(exc))
+            step = m.on_failed(cmd, Failure("rejected", exc.error_code, str(exc)), now)
+        except (OSError, TimeoutError, ParseError) as exc:
+            metrics.commands.values[(kind, "unknown")] = metrics.commands.values.get((kind, "unknown"), 0) + 1
+            log.warning("order_outcome_unknown", command=kind, client_order_id=cmd.client_order_id,
+                        error=f"{type(exc).__name__}: {exc}")
+            step = m.on_failed(cmd, Failure("unknown", None, f"{type(exc).__name__}: {exc}"), now)
+        metrics.command_seconds.labels(kind=kind).observe(asyncio.get_running_loop().time() - started)
+        return step
+
+    async def drive(first: Step) -> list[Effect]:
+        """Carry out a step's commands and everything they lead to; the reports and events made."""
+        out: list[Effect] = []
+        steps = deque([first])
+        sent = 0
+        repeats: dict[Command, int] = {}
+        while steps:
+            step = steps.popleft()
+            for report in step.reports:
+                out.append(Output(streams.ORDERS_EXECUTED, report))
+                metrics.reports.values[(report.purpose, report.status)] = \
+                    metrics.reports.values.get((report.purpose, report.status), 0) + 1
+            for event in step.events:
+                out.append(Output(streams.TRADING_EVENTS, event))
+                metrics.events.values[(event.kind, event.severity)] = \
+                    metrics.events.values.get((event.kind, event.severity), 0) + 1
+            for cmd in step.commands:
+                sent += 1
+                if sent > MAX_COMMANDS:
+                    log.error("too_many_commands", limit=MAX_COMMANDS, command=repr(cmd),
+                              note="left for the next poll; a loop in the manager is a bug")
+                    break
+                repeats[cmd] = repeats.get(cmd, 0) + 1
+                if repeats[cmd] > 1:  # "try again" (rate limit, overload): back off, a little
+                    if repeats[cmd] > 5:
+                        log.error("command_given_up", command=repr(cmd), note="left for the next poll")
+                        continue
+                    await asyncio.sleep(min(5.0, 0.2 * 2 ** repeats[cmd]))  # backoff before resending
+                steps.append(await execute(cmd))
+        await persist_paper()
+        return out
+
+    async def persist_paper() -> None:
+        adapter = holder.get("paper")
+        if isinstance(adapter, PaperBrokerAdapter) and adapter.changed:
+            # Before the commit of the reports: a crash in between is healed by "look before you place".
+            await service.redis.set(PAPER_STATE, orjson.dumps(adapter.paper.snapshot(books=False)))
+            adapter.changed = False
+
+    async def build_broker(catalog: Any) -> Broker:
+        if mode == "paper":
+            raw = await service.redis.get(PAPER_STATE)
+            if raw is not None:
+                paper = PaperBroker.restore(orjson.loads(raw), catalog, maker_fee=s.paper_maker_fee,
+                                            taker_fee=s.paper_taker_fee, slippage_bps=s.paper_slippage_bps)
+            else:
+                paper = PaperBroker(catalog, balances={"EUR": s.paper_eur}, maker_fee=s.paper_maker_fee,
+                                    taker_fee=s.paper_taker_fee, slippage_bps=s.paper_slippage_bps)
+            adapter = PaperBrokerAdapter(paper, service.clock, BitvavoRest(s.bitvavo_rest_url, max_attempts=2),
+                                         max_book_age_ms=s.paper_book_max_age_ms, depth=s.paper_depth)
+            holder["paper"] = adapter
+            return adapter
+        assert s.bitvavo_api_key is not None and s.bitvavo_api_secret is not None
+        assert s.bitvavo_operator_id is not None
+        private = BitvavoPrivate(BitvavoRest(s.bitvavo_rest_url), s.bitvavo_api_key.get_secret_value(),
+                                 s.bitvavo_api_secret.get_secret_value(), s.bitvavo_operator_id)
+        return RealBroker(private)
+
+    async def start() -> None:
+        catalog, _ = await load_catalog(service.redis, s.bitvavo_rest_url, service.clock)
+        m = OrderManager(catalog, service.messages, mode, limits, stop_retries=s.executor_stop_retries)
+        holder["manager"] = m
+        holder["broker"] = await build_broker(catalog)
+
+        def fold_intent(msg: Message, entry_id: str) -> None:
+            if isinstance(msg, (EntryIntent, ExitIntent, StopAmendIntent)):
+                m.learn_intent(msg)
+
+        def fold_report(msg: Message, entry_id: str) -> None:
+            if isinstance(msg, OrderExecuted):
+                m.learn_report(msg)
+
+        # Rebuild (the intents this group has handled; every report), then reconcile with the exchange
+        # before the loop reads a new intent.
+        for rb in (Rebuild(streams.ORDERS_SHADOW, fold_intent, group=NAME), Rebuild(streams.ORDERS_EXECUTED,
+                                                                                   fold_report)):
+            done = await fold_history(service.redis, rb)
+            log.info("state_rebuilt", stream=done.stream, entries=done.entries, seconds=round(done.seconds, 3))
+        async with lock:
+            now = service.clock.now_ms()
+            effects: list[Effect] = []
+            adapter = holder.get("paper")
+            if isinstance(adapter, PaperBrokerAdapter):  # the latest book tops: paper is not blind after a restart
+                tops: dict[str, BookTopUpdated] = {}
+
+                def fold_top(msg: Message, entry_id: str) -> None:
+                    if isinstance(msg, BookTopUpdated):
+                        tops[msg.market] = msg
+
+                await fold_history(service.redis, Rebuild(streams.BOOK, fold_top, since_ms=now - max(
+                    s.paper_book_max_age_ms, 1000)))
+                for msg in tops.values():
+                    for state in adapter.paper.on_top(msg):
+                        adapter.changed = True
+                        effects += await drive(m.on_order(state, now))
+            effects += await drive(m.on_open_orders(await broker().open_orders(), now))
+            for lookup in m.reconcile():
+                effects += await drive(await execute(lookup))
+            pending.extend(effects)
+        log.info("executor_ready", mode=mode, positions=len(m.positions()), reports_pending=len(pending))
+
+    async def handle(msg: Message, delivery: Delivery) -> list[Effect]:
+        if delivery.stream == streams.ORDERS_SHADOW and isinstance(msg, (EntryIntent, ExitIntent, StopAmendIntent)):
+            kill = service.kill_switch
+            if isinstance(msg, EntryIntent) and not kill:
+                kill = await kill_now()  # defense in depth: read again right before an entry may be sent
+            async with lock:
+                return await drive(manager().on_intent(msg, kill, service.clock.now_ms()))
+        if delivery.stream == streams.BOOK and isinstance(msg, BookTopUpdated):
+            adapter = holder.get("paper")
+            if not isinstance(adapter, PaperBrokerAdapter):
+                return []
+            async with lock:
+                changed = adapter.paper.on_top(msg)
+                if not changed:
+                    return []
+                adapter.changed = True
+                out: list[Effect] = []
+                for state in changed:
+                    out += await drive(manager().on_order(state, service.clock.now_ms()))
+                return out
+        raise PoisonMessage(f"{msg.TYPE} does not belong on {delivery.stream}")
+
+    def flush_pending() -> list[Effect]:
+        out = list(pending)
+        pending.clear()
+        return out
+
+    async def poll() -> list[Effect]:
+        """Sandbox/live: the account's open orders and a lookup of ours (missed events while the socket
+        was down, or a safety net while it is up)."""
+        if mode == "paper":
+            return []
+        loop_time = asyncio.get_running_loop().time()
+        every = s.executor_poll_up_secs if holder["ws_up"] else s.executor_poll_secs
+        if not wake.is_set() and loop_time - holder["last_poll"] < every:
+            return []
+        wake.clear()
+        holder["last_poll"] = loop_time
+        async with lock:
+            m = manager()
+            try:
+                opened = await broker().open_orders()
+            except (RestError, OSError, TimeoutError, ParseError) as exc:
+                log.warning("poll_failed", error=f"{type(exc).__name__}: {exc}")
+                return []
+            effects: list[Effect] = []
+            for state in opened:
+                effects += await drive(m.on_order(state, service.clock.now_ms()))
+            for lookup in m.reconcile():
+                effects += await drive(await execute(lookup))
+            return effects
+
+    async def on_account_order(state: OrderState) -> None:
+        # The socket's event is a wake-up: the order's full state (fills, fees) comes from REST.
+        async with lock:
+            m = manager()
+            step = Step()
+            if state.client_order_id:
+                try:
+                    full = await broker().get(state.market, state.client_order_id)
+                except (RestError, OSError, TimeoutError, ParseError) as exc:
+                    log.warning("order_state_unavailable", client_order_id=state.client_order_id, error=str(exc))
+                    wake.set()
+                    return
+                if full is not None:
+                    step = m.on_order(full, service.clock.now_ms())
+            pending.extend(await drive(step))
+
+    def on_ws_state(up: bool) -> None:
+        holder["ws_up"] = up
+        metrics.account_ws.set(1 if up else 0)
+        service.report_health("account_ws", up)
+        if not up:
+            wake.set()
+
+    async def account() -> None:
+        m = manager()
+        stream = AccountStream(
+            s.bitvavo_ws_url, api_key=s.bitvavo_api_key.get_secret_value() if s.bitvavo_api_key else "",
+            api_secret=s.bitvavo_api_secret.get_secret_value() if s.bitvavo_api_secret else "",
+            on_order=lambda st: holder["events"].put_nowait(st), on_fill=lambda f: wake.set(),
+            markets=sorted(m.catalog), on_connected=wake.set, on_state=on_ws_state)
+        events: asyncio.Queue[OrderState] = asyncio.Queue()
+        holder["events"] = events
+
+        async def pump() -> None:
+            while not service.stop.is_set():
+                try:
+                    state = await asyncio.wait_for(events.get(), 0.5)
+                except TimeoutError:
+                    continue
+                await on_account_order(state)
+
+        pumper = asyncio.create_task(pump(), name="account_events")
+        try:
+            await stream.run(service.stop)
+        finally:
+            pumper.cancel()
+
+    def refresh_metrics() -> list[Effect]:
+        views = manager().positions().values()
+        held = [v for v in views if v.held > 0]
+        metrics.positions.set(len(held))
+        metrics.unprotected.set(sum(1 for v in held if v.stop_status not in ("new", "awaitingTrigger",
+                                                                             "partiallyFilled")))
+        metrics.halted.set(sum(1 for v in views if v.halted))
+        return []
+
+    service.use_lease()
+    service.on_start(start)
+    reads: list[str] = [streams.ORDERS_SHADOW] + ([streams.BOOK] if mode == "paper" else [])
+    service.consume(reads, handle, stateful=True)
+    service.archive([streams.ORDERS_EXECUTED])
+    service.every(s.executor_commit_secs, flush_pending, name="exchange_events")
+    service.every(1.0, refresh_metrics, name="metrics")
+    if mode != "paper":
+        service.every(0.25, poll, name="poll")
+        service.add_task("account_ws", account)
+    else:
+        metrics.account_ws.set(1)
+    service.summary = lambda: orjson.dumps(manager().summary() if "manager" in holder else {},
+                                           default=str).decode()
 
 
 def main() -> int:
-    return run_service(NAME, Settings, METRICS_PREFIX, setup)
+    return run_service(NAME, Settings, METRICS_PREFIX, setup, metrics=Metrics)

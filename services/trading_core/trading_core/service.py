@@ -18,18 +18,16 @@ import argparse
 import sys
 from typing import Any, Literal, Sequence, cast
 
-import orjson
 from pydantic import Field, field_validator
 
 from services.trading_core.trading_core.core import CoreConfig, TradingCore
 from tradestack import streams
-from tradestack.bitvavo.rest import BitvavoRest, RestError
 from tradestack.bus import Delivery
+from tradestack.catalog import load_catalog
 from tradestack.config import CommonSettings, CsvList
 from tradestack.effects import Effect
-from tradestack.errors import ConfigError, FatalError, PoisonMessage
+from tradestack.errors import ConfigError, PoisonMessage
 from tradestack.logs import get_logger
-from tradestack.markets import MarketCatalog
 from tradestack.messages import BookTopUpdated, Message, Mode, OrderExecuted, SignalEmitted
 from tradestack.metrics import ServiceMetrics
 from tradestack.service import Service, run_service
@@ -106,26 +104,6 @@ def build_config(settings: Settings) -> CoreConfig:
     return CoreConfig.from_settings(settings, cast(Mode, mode))
 
 
-async def load_catalog(service: Service[Settings]) -> tuple[MarketCatalog, int]:
-    """``/markets`` from the exchange, cached in ``trading:markets``; the cache when the exchange
-    cannot be reached. Neither: FatalError (nothing can be sized or rounded without the rules)."""
-    rest = BitvavoRest(service.settings.bitvavo_rest_url, max_attempts=3)
-    try:
-        entries = await rest.markets()
-        fetched_ms = service.clock.now_ms()
-        await service.redis.set(streams.MARKETS, orjson.dumps({"fetched_ms": fetched_ms, "markets": entries}))
-        return MarketCatalog.from_json(entries), fetched_ms
-    except (RestError, OSError, TimeoutError) as exc:
-        raw = await service.redis.get(streams.MARKETS)
-        if raw is None:
-            raise FatalError(f"no market rules: /markets failed ({exc}) and trading:markets holds no copy") from None
-        cached = orjson.loads(raw)
-        log.warning("markets_from_cache", error=str(exc), fetched_ms=cached["fetched_ms"])
-        return MarketCatalog.from_json(cached["markets"]), int(cached["fetched_ms"])
-    finally:
-        await rest.close()
-
-
 def setup(service: Service[Settings]) -> None:
     s = service.settings
     config = build_config(s)  # a bad setting stops the start here, with one line
@@ -135,10 +113,10 @@ def setup(service: Service[Settings]) -> None:
     signal_streams = list(dict.fromkeys(s.signal_streams))
 
     def core() -> TradingCore:
-        return holder["core"]  # type: ignore[no-any-return]
+        return cast(TradingCore, holder["core"])
 
     async def start() -> None:
-        catalog, fetched = await load_catalog(service)
+        catalog, fetched = await load_catalog(service.redis, s.bitvavo_rest_url, service.clock)
         holder["core"] = TradingCore(config, catalog, service.messages, service.clock)
         holder["fetched_ms"] = fetched
         log.info("core_ready", mode=config.mode, markets=len(catalog), guards=config.guards.describe())
@@ -173,7 +151,7 @@ def setup(service: Service[Settings]) -> None:
         return core().on_timer()
 
     async def refresh_markets() -> list[Effect]:
-        catalog, fetched = await load_catalog(service)
+        catalog, fetched = await load_catalog(service.redis, s.bitvavo_rest_url, service.clock)
         core().set_catalog(catalog)
         holder["fetched_ms"] = fetched
         return []
