@@ -151,12 +151,17 @@ class Stack:
         exchange_env = self.start_sandbox()
         self.env = dict(os.environ, REDIS_URL=redis_url, PARQUET_DIR=str(self.data_dir / "parquet"),
                         **exchange_env)
+        if self.args.mode == "sandbox":  # the real order path, on the sandbox's key
+            self.env["DRY_RUN"] = "false"
+        elif self.args.mode == "paper":
+            self.env["DRY_RUN"] = "true"
         stack_file(self.data_dir).write_bytes(orjson.dumps({
             "redis_url": redis_url, "pid": os.getpid(), "sandbox": exchange_env.get("BITVAVO_REST_URL"),
             "started_ms": int(time.time() * 1000)}))
         for child in self.children:
             self.spawn(child)
-        say(f"started {len(self.children)} processes in {self.settings.mode} mode; "
+        mode = {"sandbox": "sandbox", "paper": "paper"}.get(self.args.mode or "", self.settings.mode)
+        say(f"started {len(self.children)} processes in {mode} mode; "
             f"`tradestack status` shows them, Ctrl-C stops them, `tradestack kill on --reason ...` blocks entries")
 
         def on_signal(signum: int, _frame: Any) -> None:
@@ -260,7 +265,11 @@ def print_status(status: dict[str, Any], mode: str) -> None:
     kill = "ON" if status["kill_switch"] else "off"
     reason = status["kill_reason"]
     why = f" ({reason.get('reason')} by {reason.get('by')})" if reason and status["kill_switch"] else ""
-    print(f"mode: {mode}   kill switch: {kill}{why}")
+    # The mode the running stack trades in (the executor's, else any live service's), not this shell's.
+    alive = {n: v for n, v in status["services"].items() if v.get("alive")}
+    running = alive.get("trader_executor", next(iter(alive.values()), None))
+    shown = running["mode"] if running else f"{mode} (nothing running)"
+    print(f"mode: {shown}   kill switch: {kill}{why}")
     print("\nservices")
     for name, s in status["services"].items():
         if not s["alive"]:
@@ -310,6 +319,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     up.add_argument("--embedded-redis", action="store_true", help="start our own Redis even if one is on :6379")
     up.add_argument("--sandbox-port", type=int, default=0)
     up.add_argument("--only", type=lambda s: s.split(","), default=None, help="start only these processes")
+    up.add_argument("--mode", choices=["paper", "sandbox"], default=None,
+                    help="paper (the default, DRY_RUN): fills simulated; sandbox: real orders, stops and fills "
+                         "through Bitvavo's API on the sandbox exchange this command starts (its own key)")
     st = sub.add_parser("status", help="services alive, streams, lag, kill switch, mode, PnL")
     st.add_argument("--json", action="store_true")
     kill = sub.add_parser("kill", help="set or clear the kill switch (trading:kill)")
@@ -323,6 +335,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             unknown = set(args.only) - {n for n, _ in PROCESSES}
             if unknown:
                 parser.error(f"--only: unknown process(es) {', '.join(sorted(unknown))}")
+        if args.mode == "sandbox" and (args.no_sandbox or settings.bitvavo_api_key is not None):
+            parser.error("--mode sandbox runs against the sandbox this command starts: drop --no-sandbox and "
+                         "BITVAVO_API_KEY (a configured key means a real exchange)")
         return Stack(args, settings).run()
 
     url = resolve_redis_url(settings, Path(args.data_dir))
