@@ -54,7 +54,7 @@ def stack(tmp_path: Path):  # type: ignore[no-untyped-def]
         log.close()
 
 
-def test_stack_selects_markets_and_emits_signals(stack) -> None:  # type: ignore[no-untyped-def]
+def test_stack_selects_markets_emits_signals_decides_and_fills(stack) -> None:  # type: ignore[no-untyped-def]
     client, proc, log = stack
 
     def members() -> set[str]:
@@ -69,6 +69,10 @@ def test_stack_selects_markets_and_emits_signals(stack) -> None:  # type: ignore
         wait_until(lambda: client.xlen(streams.SIGNALS_BASELINE) > 0, timeout_s=150, what="a signal")
         # the trading core decides on it (rules from the sandbox's /markets)
         wait_until(lambda: client.xlen(streams.ORDERS_SIGNALS) > 0, timeout_s=30, what="a decision")
+        # an accepted one is filled by the paper broker, and its stop rests (paper) at once
+        wait_until(lambda: client.xlen(streams.ORDERS_SHADOW) > 0, timeout_s=120, what="an entry intent")
+        wait_until(lambda: any(decode(f).purpose == "stop" for _, f in client.xrange(streams.ORDERS_EXECUTED)),
+                   timeout_s=30, what="an entry filled and its stop placed")
     except AssertionError:
         print(log.read_text()[-5000:])
         raise
