@@ -485,10 +485,26 @@ class TradingEvent(Message):
 
 
 class PnlSnapshotTaken(Message):
+    """The PnL orchestrator's totals at one moment (on a period and after every fill). v2 adds what a
+    restart needs to continue the day and the drawdown exactly (``day``, ``day_start_equity``,
+    ``peak_equity``) and what an operator reads (cash, daily PnL, drawdown, exposure per asset)."""
+
     TYPE: ClassVar[str] = "pnl.snapshot"
+    V: ClassVar[int] = 2
+    v: int = 2
     equity: Dec
     realized: Dec
     unrealized: Dec
     fees: Dec
     exposure: Dec
-    positions: dict[str, Dec]
+    positions: dict[str, Dec]  # market → size
+    cash: Dec = Decimal(0)
+    starting_equity: Dec = Decimal(0)
+    day: str = ""  # UTC date of the day the daily figures are for
+    day_start_equity: Dec = Decimal(0)
+    daily_pnl: Dec = Decimal(0)
+    peak_equity: Dec = Decimal(0)
+    drawdown_pct: Dec = Decimal(0)
+    exposure_by_asset: dict[str, Dec] = Field(default_factory=dict)
+    reports_booked: int = 0
+    mode: Mode = "paper"
