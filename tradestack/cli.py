@@ -257,8 +257,9 @@ def collect_status(client: redis.Redis, now_ms: int) -> dict[str, Any]:
     kill = client.get(streams.KILL) == b"1"
     reason = client.get(streams.KILL_REASON)
     pnl = {_text(k): _text(v) for k, v in client.hgetall(streams.PNL).items()}
+    positions = {_text(k): orjson.loads(v) for k, v in client.hgetall(streams.POSITIONS).items()}
     return {"services": services, "streams": stream_info, "kill_switch": kill,
-            "kill_reason": orjson.loads(reason) if reason else None, "pnl": pnl}
+            "kill_reason": orjson.loads(reason) if reason else None, "pnl": pnl, "positions": positions}
 
 
 def print_status(status: dict[str, Any], mode: str) -> None:
@@ -283,6 +284,11 @@ def print_status(status: dict[str, Any], mode: str) -> None:
                            for g in s["groups"]) or "no consumer group"
         dlq = f"  DLQ {s['dlq']}" if s["dlq"] else ""
         print(f"  {name:<26} {s['length']:>9}  {groups}{dlq}")
+    if status.get("positions"):
+        print("\npositions")
+        for market, p in sorted(status["positions"].items()):
+            print(f"  {market:<12} size {p.get('size'):<14} avg cost {p.get('avg_cost'):<14} mark {p.get('mark')}  "
+                  f"unrealized {p.get('unrealized')}  realized {p.get('realized')}")
     if status["pnl"]:
         print("\npnl")
         for key, value in sorted(status["pnl"].items()):
