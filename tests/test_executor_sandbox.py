@@ -18,6 +18,7 @@ from sandbox.server.runner import Sandbox, SandboxThread
 from sandbox.server.settings import SandboxSettings
 from tests.conftest import spawn, wait_until
 from tests.test_executor_process import CORE, EXECUTOR, by_purpose, buy_signal, reports, top
+from tests.test_pnl_process import PNL
 from tests.test_trading_core_process import messages, stop
 from tradestack import streams
 from tradestack.embedded_redis import free_port
@@ -48,6 +49,13 @@ def best_ask(sb: Sandbox, market: str) -> Decimal:
     return Decimal(book["asks"][0][0])
 
 
+def eur_balance(thread: SandboxThread) -> Decimal:
+    sb = thread.sb
+    assert sb is not None
+    rows = thread.call(lambda: sb.exchange.balance(sb.api_key, {"symbol": "EUR"}))
+    return sum((Decimal(r["available"]) + Decimal(r["inOrder"]) for r in rows), Decimal(0))
+
+
 def exchange_orders(thread: SandboxThread, client_order_id: str) -> list[dict[str, Any]]:
     sb = thread.sb
     assert sb is not None
@@ -61,6 +69,8 @@ def test_sandbox_entry_rests_a_stop_on_the_exchange_and_a_take_profit_cancels_it
     try:
         procs["core"] = spawn(CORE, env(redis_url, sb))
         procs["executor"] = spawn(EXECUTOR, env(redis_url, sb))
+        procs["pnl"] = spawn(PNL, env(redis_url, sb))
+        starting = eur_balance(thread)
         wait_until(lambda: b'"running"' in (rclient.get(streams.heartbeat("trader_executor")) or b""),
                    timeout_s=20, what="the executor running")
         wait_until(lambda: rclient.xinfo_groups(streams.SIGNALS_BASELINE) if rclient.exists(
@@ -93,6 +103,12 @@ def test_sandbox_entry_rests_a_stop_on_the_exchange_and_a_take_profit_cancels_it
         wait_until(lambda: exchange_orders(thread, stop_rep.client_order_id)[0]["status"] == "canceled",
                    what="the stop canceled on the exchange")
         assert not any(r.status == "filled" for r in reports(rclient) if r.purpose == "stop")
+        # the PnL books the round trip: its cash is the exchange's EUR to the cent, nothing held
+        wait_until(lambda: Decimal((rclient.hget(streams.PNL, "cash") or b"0").decode()) == eur_balance(thread)
+                   and rclient.hlen(streams.POSITIONS) == 0, what="the booked cash equal to the exchange's")
+        pnl = {k.decode(): v.decode() for k, v in rclient.hgetall(streams.PNL).items()}
+        assert Decimal(pnl["starting_equity"]) == starting
+        assert Decimal(pnl["equity"]) == eur_balance(thread) and Decimal(pnl["realized"]) == eur_balance(thread) - starting
     finally:
         thread.call(lambda: sb.faults.apply({"clear": True}))
         errs = {name: stop(p) for name, p in procs.items()}
