@@ -71,6 +71,7 @@ TRANSIENT = (TransientError, TimeoutError, *REDIS_DOWN)
 
 DLQ_MAXLEN = 100_000
 RECENT_IDS = 50_000  # message ids handled lately, kept in memory for the duplicate filter
+YIELD_EVERY_S = 0.05  # within a batch, let other tasks (lease renewal, heartbeat, timers) run this often
 
 # KEYS[1] = input stream, KEYS[2..] = every key the effects touch (and the lease key).
 # ARGV = group, consumer, dedupe_ttl_s, n_inputs, first_id, last_id, pending_count (0 = no input
@@ -652,6 +653,7 @@ class ConsumerLoop(Committer):
         batch: list[Item] = []
         markers: list[tuple[str, str]] = []
         newest_ts = 0
+        yielded = time.perf_counter()
         for entry_id, fields, msg, error in decoded:
             if msg is None:
                 if fields is None:
@@ -692,7 +694,13 @@ class ConsumerLoop(Committer):
                     self._bug = exc
                     break  # commit what is in hand, then stop: the state may hold half a change
                 continue
-            self._metric("handle_seconds", stream).observe(time.perf_counter() - started)
+            done = time.perf_counter()
+            self._metric("handle_seconds", stream).observe(done - started)
+            if done - yielded > YIELD_EVERY_S:
+                # A long batch of heavy handlers must not starve the other tasks (the lease renewal
+                # above all: a lease lost to a busy loop stops the process).
+                await asyncio.sleep(0)
+                yielded = time.perf_counter()
             marker = ""
             if dedupe:
                 marker = prefix + msg.id

@@ -518,16 +518,18 @@ class PnlBook:
                          open_positions=len(values), reports_booked=self._booked, updated_ts=self._updated_ts)
 
     def snapshot(self, factory: MessageFactory, parent: Message | None, mode: Mode, *,
-                 key: str | None = None) -> PnlSnapshotTaken:
+                 key: str | None = None, totals: PnlTotals | None = None) -> PnlSnapshotTaken:
         """The totals as a ``pnl.snapshot`` message: a child of ``parent`` (the report or mark that
-        caused it), or a root message keyed ``key`` (default ``snapshot/<now ms>``) for a timer's."""
-        t = self.totals()
+        caused it), or a root message keyed ``key`` (default ``snapshot/<now ms>``) for a timer's.
+        ``totals``: this moment's ``totals()`` when the caller has them already."""
+        t = totals if totals is not None else self.totals()
+        values = self._values()
         data: dict[str, Any] = dict(
             equity=_n(t.equity), realized=_n(t.realized), unrealized=_n(t.unrealized), fees=_n(t.fees),
             exposure=_n(t.exposure), positions={m: _n(p.size) for m, p in sorted(self._ledger.positions.items())},
             cash=_n(t.cash), starting_equity=_n(t.starting_equity), day=t.day, day_start_equity=_n(t.day_start_equity),
             daily_pnl=_n(t.daily_pnl), peak_equity=_n(t.peak_equity), drawdown_pct=_n(t.drawdown_pct),
-            exposure_by_asset={a: _n(v) for a, v in sorted(self.exposure_by_asset().items())},
+            exposure_by_asset={base_quote(m)[0]: _n(v) for m, v in sorted(values.items())},
             reports_booked=t.reports_booked, mode=mode)
         if parent is not None:
             return factory.child(parent, PnlSnapshotTaken, **data)
@@ -539,9 +541,16 @@ class PnlBook:
         the writer deletes the hash fields of markets no longer listed."""
         return {m: json.dumps(v.to_json(), separators=(",", ":")) for m, v in self.positions.items()}
 
-    def totals_json(self) -> dict[str, str]:
+    def position_json(self, market: str) -> str | None:
+        """``positions_json`` of one market (None when it holds nothing): what one report changes."""
+        pos = self._ledger.position(market)
+        if pos is None or pos.size <= 0:
+            return None
+        return json.dumps(self._view(market, pos).to_json(), separators=(",", ":"))
+
+    def totals_json(self, totals: PnlTotals | None = None) -> dict[str, str]:
         """Field → string (decimals without exponent or trailing zeros) for the ``trading:pnl`` hash."""
-        return self.totals().to_strings()
+        return (totals if totals is not None else self.totals()).to_strings()
 
 
 def _sum(values: Iterable[Decimal]) -> Decimal:

@@ -22,14 +22,14 @@ from typing import Any, cast
 import orjson
 from pydantic import Field, field_validator
 
-from services.trader_pnl_orchestrator.app.accounting import PnlBook, PnlLimits
+from services.trader_pnl_orchestrator.app.accounting import PnlBook, PnlLimits, PnlTotals
 from tradestack import streams
 from tradestack.bitvavo.private import BitvavoPrivate
 from tradestack.bitvavo.rest import BitvavoRest, RestError
 from tradestack.bus import Delivery
 from tradestack.catalog import load_catalog
 from tradestack.config import CommonSettings
-from tradestack.effects import DelKey, Effect, HashSet, Output, SetKey
+from tradestack.effects import DelKey, Effect, HashDel, HashSet, Output, SetKey
 from tradestack.errors import PoisonMessage
 from tradestack.logs import get_logger
 from tradestack.messages import (
@@ -62,6 +62,8 @@ class Settings(CommonSettings):
     max_daily_loss_pct: Decimal | None = Field(Decimal(5), gt=0)  # of the day-start equity; empty: no limit
     max_drawdown_pct: Decimal | None = Field(Decimal(15), gt=0)  # from the peak equity; empty: no limit
     pnl_snapshot_secs: float = Field(60.0, gt=0)  # pnl:snapshots on this period (and after every fill)
+    pnl_fill_snapshot_min_ms: int = Field(100, ge=0)  # a burst of fills: one snapshot per this many ms, the last
+                                                      # state always (the marks timer writes it when due)
     pnl_write_secs: float = Field(1.0, gt=0)  # marks move trading:pnl/positions at most this often
     pnl_book_history_s: float = Field(120.0, ge=0)  # marks folded at start
     pnl_drift_check_secs: float = Field(300.0, gt=0)  # sandbox/live: booked vs exchange balances
@@ -176,9 +178,9 @@ def setup(service: Service[Settings]) -> None:
         holder["dirty"] = False
         return out
 
-    def snapshot_effect(parent: Message | None) -> Output:
+    def snapshot_effect(parent: Message | None, totals: PnlTotals | None = None) -> Output:
         holder["last_snapshot_ms"] = service.clock.now_ms()
-        return Output(streams.PNL_SNAPSHOTS, book().snapshot(service.messages, parent, mode))
+        return Output(streams.PNL_SNAPSHOTS, book().snapshot(service.messages, parent, mode, totals=totals))
 
     def breaker_effects(parent: Message | None) -> list[Effect]:
         reason = book().breaker()
@@ -208,7 +210,20 @@ def setup(service: Service[Settings]) -> None:
             if booking is None:
                 return []
             metrics.booked.values[()] = metrics.booked.values.get((), 0) + 1
-            return [*state_effects(), snapshot_effect(msg), *breaker_effects(msg)]
+            # This market's field and the totals, with the ack (a full rewrite would cost O(positions)
+            # per report; marks rewrite the whole hash on their period).
+            position = b.position_json(msg.market)
+            totals = b.totals()
+            changed: list[Effect] = [HashSet(streams.POSITIONS, {msg.market: position}) if position is not None
+                                     else HashDel(streams.POSITIONS, (msg.market,)),
+                                     HashSet(streams.PNL, b.totals_json(totals))]
+            now = service.clock.now_ms()
+            if now - holder["last_snapshot_ms"] >= s.pnl_fill_snapshot_min_ms:
+                holder["snapshot_due"] = False
+                changed.append(snapshot_effect(msg, totals))
+            else:
+                holder["snapshot_due"] = True  # within a burst: the marks timer writes the last state
+            return [*changed, *breaker_effects(msg)]
         if isinstance(msg, BookTopUpdated) and delivery.stream == streams.BOOK:
             if b.ledger.size(msg.market) > 0:  # marks matter only where coins are held (cheap per top)
                 b.on_mark(msg.market, msg.bid, msg.exchange_ts or msg.ts)
@@ -223,9 +238,13 @@ def setup(service: Service[Settings]) -> None:
         raise PoisonMessage(f"{msg.TYPE} does not belong on {delivery.stream}")
 
     def on_marks() -> list[Effect]:
-        if not holder["dirty"]:
-            return []
-        return [*state_effects(), *breaker_effects(None)]
+        out: list[Effect] = []
+        if holder.get("snapshot_due"):
+            holder["snapshot_due"] = False
+            out.append(snapshot_effect(None))
+        if holder["dirty"]:
+            out += [*state_effects(), *breaker_effects(None)]
+        return out
 
     def periodic_snapshot() -> list[Effect]:
         return [snapshot_effect(None)]
