@@ -447,3 +447,38 @@ def test_standby_takes_over_and_a_paused_holder_writes_nothing(redis_url: str, r
                 if proc.poll() is None:
                     os.kill(proc.pid, signal.SIGCONT)
                 kill(proc, signal.SIGTERM)
+
+
+def test_a_long_batch_of_heavy_handlers_does_not_starve_the_lease_renewal(redis_url: str, rclient: redis.Redis) -> None:
+    """40 messages of 25 ms of CPU each (1 s, twice the lease's TTL) in one batch: the loop lets the
+    renewal run in between, so the lease holds and the batch commits."""
+    import time as _time
+
+    for i in range(40):
+        rclient.xadd(IN, encode(event(i)))
+
+    def heavy(msg: Message, delivery: Delivery) -> list[Any]:
+        _time.sleep(0.025)  # stands for CPU work in the handler (not a synchronisation)
+        return [Output(OUT_S, msg.model_copy(update={"id": derive_id(msg.id, "out")}))]
+
+    async def scenario() -> None:
+        lease = Lease(aioredis.Redis.from_url(redis_url), "svc", "host-a:1", ttl_ms=500)
+        assert await lease.try_acquire()
+        stop = asyncio.Event()
+
+        async def renew() -> None:
+            while not stop.is_set():
+                await lease.renew()  # LeaseLost here fails the test
+                await asyncio.sleep(lease.ttl_ms / 3000)  # the runtime's renewal period
+
+        renewer = asyncio.create_task(renew())
+        loop = loop_for(redis_url, heavy, lease=lease, read_count=100)
+        await loop.ensure_groups()
+        await loop.read_once(">", block_ms=None)
+        stop.set()
+        await renewer
+        await lease.release()
+        await lease.redis.aclose()
+
+    asyncio.run(scenario())
+    assert rclient.xlen(OUT_S) == 40

@@ -71,7 +71,7 @@ TRANSIENT = (TransientError, TimeoutError, *REDIS_DOWN)
 
 DLQ_MAXLEN = 100_000
 RECENT_IDS = 50_000  # message ids handled lately, kept in memory for the duplicate filter
-YIELD_EVERY_S = 0.05  # within a batch, let other tasks (lease renewal, heartbeat, timers) run this often
+YIELD_EVERY_S = 0.01  # within a batch, let other tasks (lease renewal, heartbeat, timers) run this often
 
 # KEYS[1] = input stream, KEYS[2..] = every key the effects touch (and the lease key).
 # ARGV = group, consumer, dedupe_ttl_s, n_inputs, first_id, last_id, pending_count (0 = no input
