@@ -114,3 +114,35 @@ def test_sandbox_entry_rests_a_stop_on_the_exchange_and_a_take_profit_cancels_it
         errs = {name: stop(p) for name, p in procs.items()}
     for name, p in procs.items():
         assert p.returncode == 0, errs[name]
+
+
+def test_sandbox_refusing_every_stop_closes_the_position_at_market_with_a_critical_event(
+        redis_url: str, rclient: redis.Redis, sandbox: tuple[SandboxThread, Sandbox]) -> None:
+    """The exchange refuses stop orders (fault: the next 3 stopLoss orders rejected): the stop is tried
+    three times (EXECUTOR_STOP_RETRIES=2), then the coins are sold at market and a critical event
+    says so: never a position without a stop."""
+    thread, sb = sandbox
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    try:
+        procs["core"] = spawn(CORE, env(redis_url, sb))
+        procs["executor"] = spawn(EXECUTOR, env(redis_url, sb))
+        wait_until(lambda: b'"running"' in (rclient.get(streams.heartbeat("trader_executor")) or b""),
+                   timeout_s=20, what="the executor running")
+        wait_until(lambda: rclient.xinfo_groups(streams.SIGNALS_BASELINE) if rclient.exists(
+            streams.SIGNALS_BASELINE) else False, what="the core reading signals")
+        thread.call(lambda: sb.faults.apply({"reject_orders": {"n": 3, "error_code": 230, "order_type": "stopLoss"}}))
+        rclient.xadd(streams.SIGNALS_BASELINE, encode(buy_signal(rclient, "ETH-EUR", str(best_ask(sb, "ETH-EUR")))))
+        wait_until(lambda: by_purpose(rclient, "emergency", "filled"), timeout_s=20, what="the emergency sale")
+        entry = by_purpose(rclient, "entry", "filled")[-1]
+        sold = by_purpose(rclient, "emergency", "filled")[-1]
+        assert sold.filled_amount == entry.filled_amount and sold.reason == "emergency"
+        stops = [r for r in reports(rclient) if r.purpose == "stop"]
+        assert len({r.client_order_id for r in stops}) == 3 and all(r.status == "rejected" for r in stops)
+        events = [m for m in messages(rclient, streams.TRADING_EVENTS) if getattr(m, "kind", "") == "stop_failed"]
+        assert events and events[0].severity == "critical"
+    finally:
+        thread.call(lambda: sb.faults.apply({"clear": True}))
+        thread.call(lambda: sb.exchange.set_reject_next_orders(0))
+        errs = {name: stop(p) for name, p in procs.items()}
+    for name, p in procs.items():
+        assert p.returncode == 0, errs[name]

@@ -90,6 +90,7 @@ class Exchange:
             ms.book.dirty_sink, ms.book.owner = self._dirty_books, ms
         self._reject_next = 0
         self._reject_code = 230
+        self._reject_type: str | None = None  # only orders of this type are rejected (None: any)
         self._generate_history()
         if config.state_path:
             persistence.load_into(self, config.state_path)
@@ -316,7 +317,7 @@ class Exchange:
         if status == "auction" and req.time_in_force != "GTC":
             raise ExchangeError(
                 231, "The order is rejected by the matching engine. TimeInForce must be GTC when markets are paused.")
-        if self._reject_next > 0:
+        if self._reject_next > 0 and self._reject_type in (None, req.order_type):
             self._reject_next -= 1
             raise ExchangeError(self._reject_code, "The order is rejected by the matching engine.")
         key = (api_key, ms.market)
@@ -1050,9 +1051,10 @@ class Exchange:
                     self._settle_user(ms, r.order, qty, price, taker=False)
             self._print_trade(ms, self._t, price, qty, later.side, self.ids.next(f"trade:{ms.market}"))
 
-    def set_reject_next_orders(self, n: int, error_code: int = 230) -> None:
+    def set_reject_next_orders(self, n: int, error_code: int = 230, order_type: str | None = None) -> None:
         self._reject_next = n
         self._reject_code = error_code
+        self._reject_type = order_type
 
     def skip_book_nonce(self, market: str) -> None:
         self._market(market).skip_nonce = True

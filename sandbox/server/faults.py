@@ -114,6 +114,7 @@ class RejectAction(BaseModel):
 
     n: int = Field(1, ge=0)
     error_code: int = 216
+    order_type: str | None = None  # e.g. "stopLoss": only such orders are rejected (the exchange refusing stops)
 
 
 class FaultSpec(BaseModel):
@@ -138,7 +139,7 @@ class FaultTargets(Protocol):
     def ban(self, api_key: str | None, ip: str | None, secs: float | None) -> int: ...
     def drop_ws(self, which: str | int, mode: str) -> int: ...
     def skip_book_nonce(self, market: str) -> None: ...
-    def reject_next_orders(self, n: int, error_code: int) -> None: ...
+    def reject_next_orders(self, n: int, error_code: int, order_type: str | None = None) -> None: ...
     def set_market_status(self, market: str, status: str) -> None: ...
 
 
@@ -205,7 +206,7 @@ class FaultInjector:
         if spec.nonce_gap:
             done["nonce_gap"] = spec.nonce_gap
         if spec.reject_orders is not None:
-            t.reject_next_orders(spec.reject_orders.n, spec.reject_orders.error_code)
+            t.reject_next_orders(spec.reject_orders.n, spec.reject_orders.error_code, spec.reject_orders.order_type)
             done["reject_orders"] = spec.reject_orders.n
             self._count("reject_orders")
         for market, status in spec.market_status.items():

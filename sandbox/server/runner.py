@@ -102,8 +102,8 @@ class _Targets:
     def skip_book_nonce(self, market: str) -> None:
         self.exchange.skip_book_nonce(market)
 
-    def reject_next_orders(self, n: int, error_code: int) -> None:
-        self.exchange.set_reject_next_orders(n, error_code)
+    def reject_next_orders(self, n: int, error_code: int, order_type: str | None = None) -> None:
+        self.exchange.set_reject_next_orders(n, error_code, order_type)
 
     def set_market_status(self, market: str, status: str) -> None:
         self.exchange.set_market_status(market, status)
