@@ -262,7 +262,7 @@ class PnlBook:
     """Positions (the shared ledger), cash, marks, day and peak; see the module docstring."""
 
     __slots__ = ("quote", "limits", "catalog", "_ledger", "_starting", "_flows", "_marks", "_mark_ts", "_day",
-                 "_day_start", "_peak", "_booked", "_updated_ts")
+                 "_day_start", "_peak", "_booked", "_updated_ts", "_vals", "_unreal")
 
     def __init__(self, starting_equity: Decimal, *, quote: str = "EUR", limits: PnlLimits | None = None,
                  catalog: MarketCatalog | None = None, ledger: PositionLedger | None = None) -> None:
@@ -278,6 +278,12 @@ class PnlBook:
         self._flows = _CTX.subtract(self._ledger.realized, _sum(p.cost for p in self._ledger.positions.values()))
         self._marks: dict[str, Decimal] = {}
         self._mark_ts: dict[str, int] = {}
+        # Per held market: its market value and (marked) unrealized PnL, kept as reports and marks
+        # arrive: a view costs O(positions) additions, not a walk of the ledger with multiplications.
+        self._vals: dict[str, Decimal] = {}
+        self._unreal: dict[str, Decimal] = {}
+        for market in self._ledger.positions:
+            self._revalue(market)
         self._day: int | None = None
         self._booked = 0
         self._updated_ts = 0
@@ -300,6 +306,7 @@ class PnlBook:
             else:
                 self._flows = _CTX.add(self._flows, _CTX.subtract(booking.delta_quote, booking.fee_quote))
             self._booked += 1
+            self._revalue(report.market)
         self._after_input(day, report.ts, before)
         return booking
 
@@ -319,8 +326,23 @@ class PnlBook:
         before = self.equity if self._day is None or day > self._day else None
         self._marks[market] = mark
         self._mark_ts[market] = ts_ms
+        self._revalue(market)
         self._after_input(day, ts_ms, before)
         return True
+
+    def _revalue(self, market: str) -> None:
+        pos = self._ledger.position(market)
+        if pos is None or pos.size <= 0:
+            self._vals.pop(market, None)
+            self._unreal.pop(market, None)
+            return
+        mark = self._marks.get(market)
+        with decimal.localcontext(_CTX):
+            self._vals[market] = pos.size * mark if mark is not None else pos.cost
+            if mark is not None:
+                self._unreal[market] = pos.unrealized(mark)
+            else:
+                self._unreal.pop(market, None)
 
     def set_starting_equity(self, eur: Decimal) -> None:
         """Rebase the book on another starting equity (sandbox/live: the exchange balance at the first
@@ -389,8 +411,7 @@ class PnlBook:
         return self._mark_ts.get(market)
 
     def _values(self) -> dict[str, Decimal]:
-        with decimal.localcontext(_CTX):
-            return self._ledger.exposure(self._marks)
+        return self._vals
 
     @property
     def exposure(self) -> Decimal:
@@ -412,8 +433,7 @@ class PnlBook:
 
     @property
     def unrealized(self) -> Decimal:
-        with decimal.localcontext(_CTX):
-            return self._ledger.unrealized(self._marks)
+        return _sum(self._unreal.values())
 
     @property
     def fees(self) -> Decimal:
