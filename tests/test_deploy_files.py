@@ -587,7 +587,8 @@ CONSUMERS = {
     "universe": ("trader_universe_selector", "services.trader_universe_selector.app.service", [streams.UNIVERSE]),
     "signal_engine": ("trader_signal_engine", "services.trader_signal_engine.app.service", []),
     "trading_core": ("trading_core", "services.trading_core.trading_core.service", []),
-    "executor": ("trader_executor", "services.trader_executor.app.service", []),
+    "executor": ("trader_executor", "services.trader_executor.app.service",
+                 [streams.KILL, streams.KILL_REASON]),
     "pnl": ("trader_pnl_orchestrator", "services.trader_pnl_orchestrator.app.service",
             [streams.PNL, streams.POSITIONS, streams.KILL, streams.KILL_REASON]),
 }

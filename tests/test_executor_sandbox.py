@@ -17,7 +17,7 @@ import redis
 from sandbox.server.runner import Sandbox, SandboxThread
 from sandbox.server.settings import SandboxSettings
 from tests.conftest import spawn, wait_until
-from tests.test_executor_process import CORE, EXECUTOR, by_purpose, buy_signal, reports, top
+from tests.test_executor_process import CORE, EXECUTOR, buy_signal, by_purpose, reports, top
 from tests.test_pnl_process import PNL
 from tests.test_trading_core_process import messages, stop
 from tradestack import streams
@@ -71,6 +71,8 @@ def test_sandbox_entry_rests_a_stop_on_the_exchange_and_a_take_profit_cancels_it
         procs["executor"] = spawn(EXECUTOR, env(redis_url, sb))
         procs["pnl"] = spawn(PNL, env(redis_url, sb))
         starting = eur_balance(thread)
+        wait_until(lambda: b'"running"' in (rclient.get(streams.heartbeat("trader_pnl_orchestrator")) or b""),
+                   timeout_s=20, what="the PnL running")
         wait_until(lambda: b'"running"' in (rclient.get(streams.heartbeat("trader_executor")) or b""),
                    timeout_s=20, what="the executor running")
         wait_until(lambda: rclient.xinfo_groups(streams.SIGNALS_BASELINE) if rclient.exists(
@@ -95,8 +97,14 @@ def test_sandbox_entry_rests_a_stop_on_the_exchange_and_a_take_profit_cancels_it
         # the take profit: the core sees the book above it; the executor cancels the stop, then sells
         assert intent.take_profit_price is not None
         tp = intent.take_profit_price
-        rclient.xadd(streams.BOOK, encode(top(rclient, "BTC-EUR", str(tp + 1), str(tp + 2))))
-        wait_until(lambda: by_purpose(rclient, "exit", "filled"), timeout_s=20, what="the exit sold")
+        # the core may not have folded the fill yet when a top arrives: the book keeps ticking, as it would
+        def tick_until_sold() -> bool:
+            if by_purpose(rclient, "exit", "filled"):
+                return True
+            rclient.xadd(streams.BOOK, encode(top(rclient, "BTC-EUR", str(tp + 1), str(tp + 2))))
+            return False
+
+        wait_until(tick_until_sold, timeout_s=20, what="the exit sold")
         sold = by_purpose(rclient, "exit", "filled")[-1]
         assert sold.filled_amount == entry.filled_amount and sold.reason == "take_profit"
         assert any(isinstance(m, ExitIntent) for m in messages(rclient, streams.ORDERS_SHADOW))
@@ -140,7 +148,11 @@ def test_sandbox_refusing_every_stop_closes_the_position_at_market_with_a_critic
         assert len({r.client_order_id for r in stops}) == 3 and all(r.status == "rejected" for r in stops)
         events = [m for m in messages(rclient, streams.TRADING_EVENTS) if getattr(m, "kind", "") == "stop_failed"]
         assert events and events[0].severity == "critical"
+        # and it stops new risk: the kill switch is set with the reason, until a person clears it
+        assert rclient.get(streams.KILL) == b"1"
+        assert b"stop_failed" in rclient.get(streams.KILL_REASON)
     finally:
+        rclient.delete(streams.KILL, streams.KILL_REASON)
         thread.call(lambda: sb.faults.apply({"clear": True}))
         thread.call(lambda: sb.exchange.set_reject_next_orders(0))
         errs = {name: stop(p) for name, p in procs.items()}

@@ -48,7 +48,7 @@ from tradestack.bitvavo.rest import BitvavoRest, OrderNotFound, RestError, RestU
 from tradestack.bus import REDIS_DOWN, Delivery
 from tradestack.catalog import load_catalog
 from tradestack.config import CommonSettings
-from tradestack.effects import Effect, Output
+from tradestack.effects import Effect, Output, SetKey
 from tradestack.errors import PoisonMessage
 from tradestack.logs import get_logger
 from tradestack.messages import BookTopUpdated, EntryIntent, ExitIntent, Message, Mode, OrderExecuted, StopAmendIntent
@@ -62,9 +62,13 @@ NAME = "trader_executor"
 METRICS_PREFIX = "trader_executor"
 READS = [streams.ORDERS_SHADOW]
 WRITES = [streams.ORDERS_EXECUTED, streams.TRADING_EVENTS]
-KEYS = [streams.KILL]
+KEYS = [streams.KILL, streams.KILL_REASON]
 PAPER_STATE = "executor:paper"  # the paper account (balances, resting orders), written before each commit
 MAX_COMMANDS = 64  # per input: a bug that loops never hammers the exchange
+# Critical events that do not stop new risk: an order on the account we did not place is alerted and left
+# alone (it may be a person's); everything else critical (a stop that cannot be placed, an emergency
+# close that failed, coins sold twice, an order gone missing) sets trading:kill.
+CRITICAL_WITHOUT_KILL = frozenset({"orphan_order"})
 
 
 class Settings(CommonSettings):
@@ -200,6 +204,12 @@ def setup(service: Service[Settings]) -> None:
                 out.append(Output(streams.TRADING_EVENTS, event))
                 metrics.events.values[(event.kind, event.severity)] = \
                     metrics.events.values.get((event.kind, event.severity), 0) + 1
+                if event.severity == "critical" and event.kind not in CRITICAL_WITHOUT_KILL:
+                    # Critical errors stop new risk, in the same commit as the event; a person clears it.
+                    why = orjson.dumps({"on": True, "reason": f"{event.kind}: {event.message}", "by": NAME,
+                                        "ts": event.ts}).decode()
+                    out += [SetKey(streams.KILL, "1"), SetKey(streams.KILL_REASON, why)]
+                    log.critical("kill_switch_set", kind=event.kind, message=event.message)
             for cmd in step.commands:
                 sent += 1
                 if sent > MAX_COMMANDS:

@@ -127,15 +127,6 @@ def setup(service: Service[Settings]) -> None:
         starting = s.paper_eur
         if snapshot is not None:
             starting = snapshot.starting_equity or starting
-        elif mode != "paper":
-            client = private()
-            assert client is not None
-            try:
-                balances = await client.balance("EUR")
-                starting = sum(balances.get("EUR", (Decimal(0), Decimal(0))), Decimal(0))
-            finally:
-                await client.rest.close()
-            log.info("starting_equity_from_exchange", eur=str(starting))
         # The catalog check runs in the fold exactly as live (a report dead-lettered live is skipped by
         # the rebuild too). A market removed from /markets since would make its old reports poison here:
         # its booking then differs from the core's; it raises a warning at start (below).
@@ -162,6 +153,18 @@ def setup(service: Service[Settings]) -> None:
                                                   since_ms=now - int(s.pnl_book_history_s * 1000)))
         if snapshot is not None:
             b.restore(snapshot)
+        elif mode != "paper":
+            # The first start on an account: the exchange's EUR now, minus what the reports folded above
+            # moved (they are in that balance already), so the cash booked equals the exchange's.
+            client = private()
+            assert client is not None
+            try:
+                balances = await client.balance("EUR")
+            finally:
+                await client.rest.close()
+            eur = sum(balances.get("EUR", (Decimal(0), Decimal(0))), Decimal(0))
+            b.set_starting_equity(eur - (b.cash - b.starting_equity))
+            log.info("starting_equity_from_exchange", eur=str(eur), starting_equity=str(b.starting_equity))
         if skipped:
             log.warning("reports_not_booked", count=len(skipped), first=skipped[0])
         holder["dirty"] = True
