@@ -631,7 +631,7 @@ def test_consumer_user_runs_the_real_loop(acl_redis: RedisUnderTest, admin: redi
     client = acl_redis.client(user)
     _runtime_keys_work(client, service)
     for key in getattr(module, "KEYS", []):  # every key the service declares is readable
-        (client.get if key == streams.KILL else client.hgetall)(key)
+        (client.get if key in (streams.KILL, streams.KILL_REASON, streams.MARKETS) else client.hgetall)(key)
     for key in writable:
         if key in (streams.KILL, streams.KILL_REASON):
             assert client.set(key, "1")
