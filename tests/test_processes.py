@@ -200,10 +200,12 @@ def test_bad_settings_exit_2_with_one_line(env: dict[str, str], needle: str) -> 
 
 def test_metrics_port_in_use_is_a_clear_error(redis_url: str) -> None:
     port = free_port()
-    first = spawn(["-m", "services.trader_executor"], {"REDIS_URL": redis_url, "METRICS_PORT": str(port)})
+    # The universe selector: a service that needs nothing from the exchange to keep running.
+    first = spawn(["-m", "services.trader_universe_selector"], {"REDIS_URL": redis_url, "METRICS_PORT": str(port)})
     try:
-        wait_until(lambda: scrape(port), what="first executor serving")
-        second = spawn(["-m", "services.trader_executor"], {"REDIS_URL": redis_url, "METRICS_PORT": str(port)})
+        wait_until(lambda: scrape(port), what="first selector serving")
+        second = spawn(["-m", "services.trader_universe_selector"], {"REDIS_URL": redis_url,
+                                                                     "METRICS_PORT": str(port)})
         _, err = second.communicate(timeout=30)
         assert second.returncode == 2
         assert f"cannot serve /metrics on 127.0.0.1:{port}" in err.decode()

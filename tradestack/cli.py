@@ -1,10 +1,15 @@
-"""The ``tradestack`` command: ``up``, ``status``, ``kill on|off``.
+"""The ``tradestack`` command: ``up``, ``status``, ``kill on|off``, ``preflight``, ``golive``.
 
 ``up`` runs the whole stack in the foreground: with no Redis configured (REDIS_URL) and none on
 127.0.0.1:6379 it starts an embedded one; with no exchange key configured it starts the sandbox
-exchange and points every process at it. Children that die are restarted with backoff; Ctrl-C or
-SIGTERM stops them all (SIGTERM, then SIGKILL after 6 s). ``up`` writes ``<data-dir>/stack.json``
-so ``status`` and ``kill`` find its Redis without being told.
+exchange and points every process at it. Children's output is prefixed with their name (coloured on
+a terminal). Children that die are restarted with backoff; Ctrl-C, SIGTERM or the end of ``--for
+DURATION`` stops them all (SIGTERM, then SIGKILL after 6 s); a bounded run ends with a summary of
+what the stack did (tradestack/ops/summary.py). ``up`` writes ``<data-dir>/stack.json`` so the other
+commands find its Redis without being told.
+
+``preflight`` is the go-live checklist (tradestack/ops/preflight.py); ``golive`` runs it and, with
+two approvers, writes the go-live record the executor's live gate needs (tradestack/ops/golive.py).
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import os
+import re
 import secrets
 import signal
 import socket
@@ -30,21 +36,11 @@ from tradestack.backoff import Backoff
 from tradestack.config import DEFAULT_REDIS_URL, CommonSettings, load_settings_or_exit
 from tradestack.embedded_redis import EmbeddedRedis, is_reachable
 from tradestack.messages import Trace, TradingEvent, encode, new_id
+from tradestack.ops.logprefix import LogPrefixer
+from tradestack.ops.processes import PROCESSES, STREAMS_SHOWN
+from tradestack.ops.status import collect_status, format_status, watch
 
-# Every process of DESIGN §1, in start order (producers first).
-PROCESSES: list[tuple[str, list[str]]] = [
-    ("ingest_ticker24h", ["-m", "ingest.ticker24h"]),
-    ("ingest_orderbook", ["-m", "ingest.orderbook"]),
-    ("ingest_candles", ["-m", "ingest.candles"]),
-    ("trader_universe_selector", ["-m", "services.trader_universe_selector"]),
-    ("trader_signal_engine", ["-m", "services.trader_signal_engine"]),
-    ("trading_core", ["-m", "services.trading_core"]),
-    ("trader_executor", ["-m", "services.trader_executor"]),
-    ("trader_pnl_orchestrator", ["-m", "services.trader_pnl_orchestrator"]),
-]
-STREAMS_SHOWN = [streams.TICKER24H, streams.BOOK, streams.ORDERBOOK_UPDATE, streams.candles("1m"),
-                 streams.SIGNALS_BASELINE, streams.ORDERS_SIGNALS, streams.ORDERS_SHADOW, streams.ORDERS_EXECUTED,
-                 streams.TRADING_EVENTS, streams.PNL_SNAPSHOTS]
+__all__ = ["PROCESSES", "STREAMS_SHOWN", "collect_status", "main", "parse_duration", "set_kill"]
 
 
 def say(text: str) -> None:
@@ -56,16 +52,42 @@ def stack_file(data_dir: Path) -> Path:
     return data_dir / "stack.json"
 
 
+def recorded(data_dir: Path, key: str) -> str | None:
+    """What a running `up` recorded in stack.json."""
+    path = stack_file(data_dir)
+    if path.exists():
+        value = orjson.loads(path.read_bytes()).get(key)
+        if value:
+            return str(value)
+    return None
+
+
 def resolve_redis_url(settings: CommonSettings, data_dir: Path) -> str:
     """REDIS_URL when configured; else the URL a running `up` recorded; else the default."""
     if "redis_url" in settings.model_fields_set:
         return settings.redis_url
-    path = stack_file(data_dir)
-    if path.exists():
-        recorded = orjson.loads(path.read_bytes()).get("redis_url")
-        if recorded:
-            return str(recorded)
-    return DEFAULT_REDIS_URL
+    return recorded(data_dir, "redis_url") or DEFAULT_REDIS_URL
+
+
+def check_options(args: argparse.Namespace, settings: CommonSettings, url: str) -> dict[str, Any]:
+    """Preflight options from the command line; the PARQUET_DIR a running `up` gave its processes
+    when none is configured."""
+    options: dict[str, Any] = {"redis_url": url, "moment_s": args.moment, "min_free_gb": args.min_free_gb}
+    parquet = recorded(Path(args.data_dir), "parquet_dir")
+    if parquet and "parquet_dir" not in settings.model_fields_set:
+        options["overrides"] = {"parquet_dir": parquet}
+    return options
+
+
+DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+
+
+def parse_duration(value: str) -> float:
+    """``90s``, ``5m``, ``1.5h``, ``500ms`` or plain seconds → seconds."""
+    match = DURATION.match(value)
+    if not match or float(match.group(1)) <= 0:
+        raise argparse.ArgumentTypeError(f"not a duration: {value!r} (e.g. 90s, 5m, 1h)")
+    return float(match.group(1)) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600, None: 1}[match.group(2)]
 
 
 # -- up ---------------------------------------------------------------------------------
@@ -79,6 +101,7 @@ class Child:
     backoff: Backoff = field(default_factory=lambda: Backoff(1.0, 30.0))
     restart_at: float = 0.0
     restarts: int = 0
+    how: str = "not started"  # how it ended, for the summary
 
 
 class Stack:
@@ -90,7 +113,9 @@ class Stack:
         self.sandbox: subprocess.Popen[bytes] | None = None
         self.env: dict[str, str] = {}
         self.children = [Child(n, a) for n, a in PROCESSES if not args.only or n in args.only]
+        self.logs = LogPrefixer([c.name for c in self.children] + ["sandbox"])
         self.stopping = False
+        self.duration_s: float | None = getattr(args, "run_for", None)
 
     def start_redis(self) -> str:
         if "redis_url" in self.settings.model_fields_set:
@@ -125,14 +150,17 @@ class Stack:
             if kind in ("REST", "WS"):
                 urls[kind] = url
         say(f"started the sandbox exchange: REST {urls['REST']}  WS {urls['WS']}")
-        # The sandbox keeps logging on its stdout: hand the pipe to a thread that forwards it.
-        _forward(self.sandbox.stdout)
+        # The sandbox keeps logging on its stdout: forward it, prefixed.
+        self.logs.attach("sandbox", self.sandbox.stdout)
         return {"BITVAVO_REST_URL": urls["REST"], "BITVAVO_WS_URL": urls["WS"],
                 "BITVAVO_API_KEY": key, "BITVAVO_API_SECRET": secret, "BITVAVO_OPERATOR_ID": "1"}
 
     def spawn(self, child: Child) -> None:
         child.proc = subprocess.Popen([sys.executable, *child.args], env=self.child_env(child.name),
-                                      stdin=subprocess.DEVNULL)
+                                      stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert child.proc.stdout is not None and child.proc.stderr is not None
+        self.logs.attach(child.name, child.proc.stdout, sys.stdout)
+        self.logs.attach(child.name, child.proc.stderr, sys.stderr)
 
     def child_env(self, name: str) -> dict[str, str]:
         """The stack follows the universe: tickers of every market feed the selector, books and
@@ -155,13 +183,16 @@ class Stack:
             self.env["DRY_RUN"] = "false"
         elif self.args.mode == "paper":
             self.env["DRY_RUN"] = "true"
+        started_ms = int(time.time() * 1000)
         stack_file(self.data_dir).write_bytes(orjson.dumps({
             "redis_url": redis_url, "pid": os.getpid(), "sandbox": exchange_env.get("BITVAVO_REST_URL"),
-            "started_ms": int(time.time() * 1000)}))
+            "parquet_dir": self.env["PARQUET_DIR"], "started_ms": started_ms}))
+        before = self.counts(redis_url) if self.duration_s is not None else {}
         for child in self.children:
             self.spawn(child)
         mode = {"sandbox": "sandbox", "paper": "paper"}.get(self.args.mode or "", self.settings.mode)
-        say(f"started {len(self.children)} processes in {mode} mode; "
+        bounded = f" for {self.duration_s:g} s" if self.duration_s is not None else ""
+        say(f"started {len(self.children)} processes in {mode} mode{bounded}; "
             f"`tradestack status` shows them, Ctrl-C stops them, `tradestack kill on --reason ...` blocks entries")
 
         def on_signal(signum: int, _frame: Any) -> None:
@@ -169,15 +200,23 @@ class Stack:
 
         signal.signal(signal.SIGINT, on_signal)
         signal.signal(signal.SIGTERM, on_signal)
+        clean = True
         try:
             self.supervise()
         finally:
-            self.shutdown()
-        return 0
+            clean = self.stop_children()
+            if self.duration_s is not None:
+                self.summarise(redis_url, started_ms, before)
+            self.stop_infrastructure()
+        return 0 if clean else 1
 
     def supervise(self) -> None:
+        deadline = time.monotonic() + self.duration_s if self.duration_s is not None else None
         while not self.stopping:
             now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                say(f"--for {self.duration_s:g} s is over")
+                return
             for child in self.children:
                 if child.proc is not None and child.proc.poll() is not None:
                     delay = child.backoff.next_delay()
@@ -192,107 +231,91 @@ class Stack:
                 return
             time.sleep(0.2)  # supervision tick
 
-    def shutdown(self) -> None:
+    def stop_children(self) -> bool:
+        """SIGTERM every child, SIGKILL what is still there after 6 s; False when one had to be killed."""
         say("stopping")
-        live = [c.proc for c in self.children if c.proc is not None and c.proc.poll() is None]
-        for proc in live:
-            proc.send_signal(signal.SIGTERM)
+        clean = True
+        live = [c for c in self.children if c.proc is not None and c.proc.poll() is None]
+        for child in live:
+            assert child.proc is not None
+            child.proc.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + 6
-        for proc in live:
+        for child in self.children:
+            if child.proc is None:
+                child.how = "was not running"
+                continue
             try:
-                proc.wait(max(0.1, deadline - time.monotonic()))
+                code = child.proc.wait(max(0.1, deadline - time.monotonic()))
+                child.how = f"exit {code}" + (" (stopped before it was ready)" if code == -signal.SIGTERM else "")
             except subprocess.TimeoutExpired:
-                say(f"pid {proc.pid} did not stop within 6 s; killing it")
-                proc.kill()
+                say(f"{child.name} (pid {child.proc.pid}) did not stop within 6 s; killing it")
+                child.proc.kill()
+                child.proc.wait()
+                child.how, clean = "killed after 6 s", False
+            if child.restarts:
+                child.how += f", {child.restarts} restarts"
         if self.sandbox is not None and self.sandbox.poll() is None:
             self.sandbox.send_signal(signal.SIGTERM)
             try:
                 self.sandbox.wait(6)
             except subprocess.TimeoutExpired:
                 self.sandbox.kill()
+        self.logs.join()
+        return clean
+
+    def stop_infrastructure(self) -> None:
         if self.redis is not None:
             self.redis.stop()
         stack_file(self.data_dir).unlink(missing_ok=True)
         say("stopped")
 
+    def counts(self, redis_url: str) -> dict[str, dict[str, int | None]]:
+        from tradestack.ops.summary import stream_counts
 
-def _forward(pipe: Any) -> None:
-    import threading
+        client = redis.Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=5)
+        try:
+            return stream_counts(client)
+        except (redis.RedisError, OSError):
+            return {}
+        finally:
+            client.close()
 
-    def pump() -> None:
-        for line in iter(pipe.readline, b""):
-            sys.stdout.buffer.write(line)
-            sys.stdout.flush()
+    def summarise(self, redis_url: str, started_ms: int, before: dict[str, dict[str, int | None]]) -> None:
+        from tradestack.ops.summary import collect_summary, format_summary
 
-    threading.Thread(target=pump, name="sandbox-log", daemon=True).start()
+        client = redis.Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=5)
+        try:
+            summary = collect_summary(client, started_ms, int(time.time() * 1000), before,
+                                      maxlen_overrides=self.settings.stream_maxlen)
+        except (redis.RedisError, OSError) as exc:
+            say(f"no summary: cannot read Redis ({type(exc).__name__}: {exc})")
+            return
+        finally:
+            client.close()
+        print(format_summary(summary, [(c.name, c.how) for c in self.children]), file=sys.stderr, flush=True)
 
 
 # -- status -----------------------------------------------------------------------------
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
-def collect_status(client: redis.Redis, now_ms: int) -> dict[str, Any]:
-    services = {}
-    for name, _ in PROCESSES:
-        raw = client.get(streams.heartbeat(name))
-        if raw is None:
-            services[name] = {"alive": False}
-            continue
-        beat = orjson.loads(raw)
-        services[name] = {"alive": beat.get("state") not in ("stopped", "faulted"), "state": beat.get("state"),
-                          "age_s": round((now_ms - beat.get("ts", now_ms)) / 1000, 1), "mode": beat.get("mode"),
-                          "consumer": beat.get("consumer"), "metrics_port": beat.get("metrics_port")}
-    stream_info = {}
-    for name in STREAMS_SHOWN:
-        length = client.xlen(name)
-        groups = []
-        if length or client.exists(name):
-            for g in client.xinfo_groups(name):
-                groups.append({"group": g["name"].decode(), "pending": g["pending"], "lag": g.get("lag")})
-        dlq_len = client.xlen(streams.dlq(name))
-        stream_info[name] = {"length": length, "groups": groups, "dlq": dlq_len}
-    kill = client.get(streams.KILL) == b"1"
-    reason = client.get(streams.KILL_REASON)
-    pnl = {_text(k): _text(v) for k, v in client.hgetall(streams.PNL).items()}
-    positions = {_text(k): orjson.loads(v) for k, v in client.hgetall(streams.POSITIONS).items()}
-    return {"services": services, "streams": stream_info, "kill_switch": kill,
-            "kill_reason": orjson.loads(reason) if reason else None, "pnl": pnl, "positions": positions}
-
-
 def print_status(status: dict[str, Any], mode: str) -> None:
-    kill = "ON" if status["kill_switch"] else "off"
-    reason = status["kill_reason"]
-    why = f" ({reason.get('reason')} by {reason.get('by')})" if reason and status["kill_switch"] else ""
-    # The mode the running stack trades in (the executor's, else any live service's), not this shell's.
-    alive = {n: v for n, v in status["services"].items() if v.get("alive")}
-    running = alive.get("trader_executor", next(iter(alive.values()), None))
-    shown = running["mode"] if running else f"{mode} (nothing running)"
-    print(f"mode: {shown}   kill switch: {kill}{why}")
-    print("\nservices")
-    for name, s in status["services"].items():
-        if not s["alive"]:
-            print(f"  {name:<26} {'down' if 'state' not in s else s['state']}")
-        else:
-            print(f"  {name:<26} {s['state']:<9} beat {s['age_s']:>5} s ago  mode {s['mode']:<7} "
-                  f"metrics :{s['metrics_port']}  {s['consumer']}")
-    print("\nstreams")
-    for name, s in status["streams"].items():
-        groups = ", ".join(f"{g['group']} pending {g['pending']} lag {g['lag'] if g['lag'] is not None else '?'}"
-                           for g in s["groups"]) or "no consumer group"
-        dlq = f"  DLQ {s['dlq']}" if s["dlq"] else ""
-        print(f"  {name:<26} {s['length']:>9}  {groups}{dlq}")
-    if status.get("positions"):
-        print("\npositions")
-        for market, p in sorted(status["positions"].items()):
-            print(f"  {market:<12} size {p.get('size'):<14} avg cost {p.get('avg_cost'):<14} mark {p.get('mark')}  "
-                  f"unrealized {p.get('unrealized')}  realized {p.get('realized')}")
-    if status["pnl"]:
-        print("\npnl")
-        for key, value in sorted(status["pnl"].items()):
-            print(f"  {key:<26} {value}")
+    print(format_status(status, mode))
+
+
+def status_command(client: redis.Redis, args: argparse.Namespace, mode: str) -> int:
+    def frame() -> str:
+        try:
+            status = collect_status(client, int(time.time() * 1000))
+        except (redis.RedisError, OSError) as exc:
+            return f"cannot read Redis: {type(exc).__name__}: {exc}"
+        if args.json:
+            return orjson.dumps(status, option=0 if args.watch is not None else orjson.OPT_INDENT_2).decode()
+        return format_status(status, mode)
+
+    if args.watch is None:
+        print(frame())
+        return 0
+    return watch(frame, args.watch, clear=not args.json and sys.stdout.isatty())
 
 
 # -- kill -------------------------------------------------------------------------------
@@ -313,6 +336,46 @@ def set_kill(client: redis.Redis, on: bool, reason: str, now_ms: int) -> None:
     pipe.execute()
 
 
+# -- preflight and golive -----------------------------------------------------------------
+
+
+def preflight_command(client: redis.Redis, options: dict[str, Any], args: argparse.Namespace) -> int:
+    from tradestack.ops.preflight import format_report, load_context, run_preflight
+
+    ctx = load_context(client, **options)
+    report = run_preflight(ctx)
+    if args.json:
+        print(orjson.dumps(report.to_json(), option=orjson.OPT_INDENT_2).decode())
+    else:
+        print(format_report(report))
+    return 0 if report.passed else 1
+
+
+def golive_command(client: redis.Redis, options: dict[str, Any], args: argparse.Namespace) -> int:
+    from tradestack.ops.golive import Refused, distinct_approvers, golive
+    from tradestack.ops.preflight import format_report, load_context
+
+    try:
+        distinct_approvers(args.approved_by)  # before anything else: a refused request tests nothing
+    except Refused as exc:
+        say(f"golive refused: {exc}")
+        return 1
+    ctx = load_context(client, **options)
+    try:
+        report, paths = golive(ctx, args.approved_by, args.risks)
+    except Refused as exc:
+        if exc.report is not None:
+            print(format_report(exc.report))
+        say(f"golive refused: {exc}")
+        return 1
+    print(format_report(report))
+    say(f"go-live record written: {paths[2]} (and {paths[3].name}; dated copy {paths[0].name}); approved by "
+        f"{', '.join(distinct_approvers(args.approved_by))}. The executor accepts it for GOLIVE_MAX_AGE_HOURS="
+        f"{ctx.settings.golive_max_age_hours:g} h: set DRY_RUN=false and the live settings, restart the executor, "
+        f"then run `tradestack preflight` again")
+    return 0
+
+
 # -- entry point ------------------------------------------------------------------------
 
 
@@ -328,11 +391,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     up.add_argument("--mode", choices=["paper", "sandbox"], default=None,
                     help="paper (the default, DRY_RUN): fills simulated; sandbox: real orders, stops and fills "
                          "through Bitvavo's API on the sandbox exchange this command starts (its own key)")
-    st = sub.add_parser("status", help="services alive, streams, lag, kill switch, mode, PnL")
+    up.add_argument("--for", dest="run_for", type=parse_duration, default=None, metavar="DURATION",
+                    help="stop after DURATION (90s, 5m, 1h) and print a summary of the run")
+    st = sub.add_parser("status", help="services alive, streams, lag, DLQs, leases, kill switch, mode, positions, PnL")
     st.add_argument("--json", action="store_true")
+    st.add_argument("--watch", nargs="?", type=float, const=2.0, default=None, metavar="SECONDS",
+                    help="refresh every SECONDS (default 2) in place; Ctrl-C exits")
     kill = sub.add_parser("kill", help="set or clear the kill switch (trading:kill)")
     kill.add_argument("state", choices=["on", "off"])
     kill.add_argument("--reason", required=True, help="who/why, recorded in trading:kill:reason")
+    checks = argparse.ArgumentParser(add_help=False)
+    checks.add_argument("--moment", type=float, default=1.0, metavar="SECONDS",
+                        help="least time between the two readings of growing streams and DLQs (default 1)")
+    checks.add_argument("--min-free-gb", type=float, default=5.0, help="free space PARQUET_DIR needs (default 5)")
+    pf = sub.add_parser("preflight", parents=[checks],
+                        help="the go-live checklist; exit code 1 when anything blocks go-live")
+    pf.add_argument("--json", action="store_true")
+    gl = sub.add_parser("golive", parents=[checks],
+                        help="preflight, then the dated go-live record signed by two approvers")
+    gl.add_argument("--approved-by", action="append", default=[], metavar="NAME", required=True,
+                    help="an approver; give it twice, for two different people")
+    gl.add_argument("--risks", default="", metavar="TEXT", help="the risks accepted, in the record")
     args = parser.parse_args(argv)
 
     settings = load_settings_or_exit(CommonSettings)
@@ -348,21 +427,21 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     url = resolve_redis_url(settings, Path(args.data_dir))
     client = redis.Redis.from_url(url, socket_timeout=3, socket_connect_timeout=3)
+    if args.command == "golive":
+        return golive_command(client, check_options(args, settings, url), args)
+    if args.command == "preflight":  # an unreachable Redis is one of its failing rows
+        return preflight_command(client, check_options(args, settings, url), args)
     try:
         client.ping()
     except (redis.RedisError, OSError) as exc:
         say(f"cannot reach Redis at {url}: {exc}")
         return 1
-    now_ms = int(time.time() * 1000)
     if args.command == "status":
-        status = collect_status(client, now_ms)
-        if args.json:
-            print(orjson.dumps(status, option=orjson.OPT_INDENT_2).decode())
-        else:
-            print_status(status, settings.mode)
-        return 0
+        return status_command(client, args, settings.mode)
+    now_ms = int(time.time() * 1000)
     set_kill(client, args.state == "on", args.reason, now_ms)
-    say(f"kill switch {'ON: new entries are blocked' if args.state == 'on' else 'off'} ({args.reason})")
+    say(f"kill switch {'ON' if args.state == 'on' else 'off'}: "
+        f"{'new entries are blocked' if args.state == 'on' else 'entries allowed'} ({args.reason})")
     return 0
 
 

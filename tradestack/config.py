@@ -54,6 +54,10 @@ class CommonSettings(BaseSettings):
     max_deliveries: int = Field(5, ge=1)
     dedupe_ttl_s: int = Field(86_400, ge=0)  # 0 disables the duplicate filter on inputs
     stream_maxlen: dict[str, int] = Field(default_factory=dict)  # JSON: {"bitvavo:book": 100000}
+    # Order, execution, signal and event streams: trimmed by age (tradestack/trim.py), never past an entry a
+    # consumer group has not read and acked. 0 never trims. A stream no group reads is trimmed only when allowed.
+    stream_max_age_days: float = Field(30.0, ge=0)
+    stream_trim_ungrouped: bool = False
 
     # One active instance (core, executor): the lease's TTL, and how often a standby looks.
     lease_ttl_ms: int = Field(3000, ge=500, le=60_000)

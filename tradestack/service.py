@@ -168,6 +168,36 @@ class Service(Generic[S]):
         self.add_task("archive", maintain)
         self._closers.append(close)
 
+    def trim_by_age(self, streams_in: Sequence[str], max_age_s: float | None = None, every_s: float = 3600.0, *,
+                    keep_from: Callable[[str], str | None] | None = None) -> None:
+        """Trim these order/event streams by age every ``every_s`` (tradestack/trim.py: ``XTRIM MINID``,
+        never past an entry a consumer group has not read and acked; the newest entry is kept).
+        ``max_age_s``: by default ``STREAM_MAX_AGE_DAYS`` (0: never; then no timer). ``keep_from(stream)``:
+        the oldest entry id the service's state still needs, or None. One owner per stream: the core
+        trims orders:signals and orders:shadow, the executor orders:executed, the PnL pnl:snapshots
+        and trading:events, the signal engine its signal stream. Logs ``stream_trimmed``, counts
+        ``<prefix>_trimmed_total{stream}``; the timer commits nothing."""
+        from tradestack.trim import trim_round
+
+        max_age_ms = int((self.settings.stream_max_age_days * 86_400 if max_age_s is None else max_age_s) * 1000)
+        if max_age_ms <= 0:
+            log.info("trim_by_age_off", service=self.name, streams=list(streams_in))
+            return
+        counter = self.__dict__.get("_trimmed_total")
+        if counter is None:  # one counter, however many calls
+            counter = self._trimmed_total = self.metrics.counter(
+                "trimmed_total", "Entries removed from order and event streams by age", ["stream"])
+        names = list(streams_in)
+
+        async def trim() -> list[Effect]:
+            removed = await trim_round(self.redis, names, max_age_ms, self.clock.now_ms(),
+                                       trim_ungrouped=self.settings.stream_trim_ungrouped, keep_from=keep_from)
+            for stream, n in removed.items():
+                counter.labels(stream=stream).inc(n)
+            return []  # nothing to commit
+
+        self.every(every_s, trim, name="trim_by_age")
+
     def every(self, seconds: float, fn: TimerFn, name: str | None = None) -> None:
         """Call ``fn`` every ``seconds`` while active; the effects it returns are committed atomically
         (lease-fenced), like a handler's. An exception is logged and counted; the timer goes on."""

@@ -304,6 +304,9 @@ def setup(service: Service[Settings]) -> None:
     service.on_start(start)
     service.consume([streams.ORDERS_EXECUTED, streams.TRADING_EVENTS, streams.BOOK], handle, stateful=True)
     service.archive([streams.PNL_SNAPSHOTS, streams.TRADING_EVENTS])
+    # Snapshots and events older than STREAM_MAX_AGE_DAYS, once every group has read them (the newest
+    # snapshot always stays: the restart starts from it). Not orders:executed: every ledger refolds it.
+    service.trim_by_age([streams.PNL_SNAPSHOTS, streams.TRADING_EVENTS])
     service.every(s.pnl_write_secs, on_marks, name="marks")
     service.every(s.pnl_snapshot_secs, periodic_snapshot, name="snapshot")
     service.every(1.0, refresh_metrics, name="metrics")

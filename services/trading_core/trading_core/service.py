@@ -184,6 +184,9 @@ def setup(service: Service[Settings]) -> None:
     service.on_start(start)
     service.consume([*signal_streams, streams.BOOK, streams.ORDERS_EXECUTED], handle, stateful=True)
     service.archive([streams.ORDERS_SIGNALS, streams.ORDERS_SHADOW])  # ${PARQUET_DIR}/<day>/trading/
+    # Decisions older than STREAM_MAX_AGE_DAYS, once every group has read them (their history is in
+    # Parquet). Not orders:shadow: the core and the executor rebuild open positions from all of it.
+    service.trim_by_age([streams.ORDERS_SIGNALS])
     service.rebuild(streams.ORDERS_SHADOW, fold_intent, bound_to_group=False)
     service.rebuild(streams.ORDERS_EXECUTED, fold_executed)
     service.rebuild(streams.BOOK, fold_book, bound_to_group=False, history_s=s.core_book_history_s)
