@@ -175,13 +175,24 @@ class PositionLedger:
     _seen: set[str] = field(default_factory=set)
     stale: int = 0  # reports that booked nothing because a newer state was booked already
     duplicates: int = 0
+    # Views read on every trading decision, kept until a booking changes a position (O(1) then,
+    # instead of a walk over every market ever traded): the open positions, and the realized total
+    # per (precision, rounding) of the decimal context it was summed in (the sum is the context's).
+    _open_view: dict[str, Position] | None = field(default=None, repr=False, compare=False)
+    _realized_sums: dict[tuple[int, str], Decimal] = field(default_factory=dict, repr=False, compare=False)
 
     # -- reading --------------------------------------------------------------------------
+
+    def _open(self) -> dict[str, Position]:
+        view = self._open_view
+        if view is None:
+            view = self._open_view = {m: p for m, p in self._positions.items() if p.size > 0}
+        return view
 
     @property
     def positions(self) -> dict[str, Position]:
         """Open positions (size > 0), market → Position (live objects: do not mutate)."""
-        return {m: p for m, p in self._positions.items() if p.size > 0}
+        return dict(self._open())
 
     def position(self, market: str) -> Position | None:
         return self._positions.get(market)
@@ -192,7 +203,12 @@ class PositionLedger:
 
     @property
     def realized(self) -> Decimal:
-        return sum((p.realized for p in self._positions.values()), ZERO)
+        ctx = decimal.getcontext()
+        key = (ctx.prec, ctx.rounding)
+        total = self._realized_sums.get(key)
+        if total is None:
+            total = self._realized_sums[key] = sum((p.realized for p in self._positions.values()), ZERO)
+        return total
 
     @property
     def fees(self) -> Decimal:
@@ -204,14 +220,13 @@ class PositionLedger:
     def exposure(self, marks: Mapping[str, Decimal]) -> dict[str, Decimal]:
         """Market → value of the open position in quote: ``size·mark``, or its cost without a mark."""
         out: dict[str, Decimal] = {}
-        for market, pos in self._positions.items():
-            if pos.size > 0:
-                mark = marks.get(market)
-                out[market] = pos.size * mark if mark is not None else pos.cost
+        for market, pos in self._open().items():
+            mark = marks.get(market)
+            out[market] = pos.size * mark if mark is not None else pos.cost
         return out
 
     def unrealized(self, marks: Mapping[str, Decimal]) -> Decimal:
-        return sum((p.unrealized(marks[m]) for m, p in self._positions.items() if p.size > 0 and m in marks), ZERO)
+        return sum((p.unrealized(marks[m]) for m, p in self._open().items() if m in marks), ZERO)
 
     # -- booking --------------------------------------------------------------------------
 
@@ -314,6 +329,8 @@ class PositionLedger:
                            pos.opened_ts if size > 0 else None, report.ts)
         # Commit: nothing above has changed state.
         self._positions[report.market] = new
+        self._open_view = None
+        self._realized_sums.clear()
         became_final = final and not was_final
         self._orders[report.client_order_id] = OrderFill(
             report.market, report.side, report.intent_id, report.filled_amount, report.filled_quote,

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import decimal
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Literal
 
@@ -82,6 +82,19 @@ class MarketRules:
     max_base: Decimal | None = None
     max_quote: Decimal | None = None
     order_types: tuple[str, ...] = ()
+    # Derived once (every decision rounds with them): the quantity step, and the tick as a power of
+    # ten (``0.01`` for a tick of ``0.01``, ``1`` for ``1.00``) when it is one, else None.
+    _amount_step: Decimal = field(init=False, repr=False, compare=False, hash=False)
+    _tick_unit: Decimal | None = field(init=False, repr=False, compare=False, hash=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_amount_step", Decimal(1).scaleb(-self.quantity_decimals))
+        unit = None
+        if isinstance(self.tick_size, Decimal) and self.tick_size.is_finite() and self.tick_size > 0:
+            normal = self.tick_size.normalize(_CTX)
+            if normal.as_tuple().digits == (1,):
+                unit = self.tick_size if normal.as_tuple() == self.tick_size.as_tuple() else normal
+        object.__setattr__(self, "_tick_unit", unit)
 
     @classmethod
     def from_json(cls, entry: Mapping[str, Any]) -> MarketRules:
@@ -123,7 +136,7 @@ class MarketRules:
 
     @property
     def amount_step(self) -> Decimal:
-        return Decimal(1).scaleb(-self.quantity_decimals)
+        return self._amount_step
 
     def round_price(self, price: Decimal, direction: Rounding) -> Decimal:
         """``price`` on the tick grid, rounded ``down`` (floor), ``up`` (ceiling) or ``nearest``.
@@ -133,6 +146,13 @@ class MarketRules:
             raise ValueError(f"price {price!r} must be a finite Decimal")
         if price <= 0:
             raise ValueError(f"price {price} must be positive")
+        unit = self._tick_unit
+        if unit is not None and _CTX.plus(price) == price:
+            # A power-of-ten tick and a price of at most 60 digits: price / tick is exact, so its
+            # floor/ceiling/nearest is a quantize to the tick's unit (the same number, cheaper),
+            # written with the tick's exponent (the unit's, unless the tick is 1.00 or the like).
+            rounded = price.quantize(unit, rounding=_ROUNDING[direction], context=_CTX)
+            return rounded if unit is self.tick_size else rounded.quantize(self.tick_size, context=_CTX)
         steps = _CTX.divide(price, self.tick_size).to_integral_value(rounding=_ROUNDING[direction])
         return _CTX.multiply(steps, self.tick_size).quantize(self.tick_size, context=_CTX)
 

@@ -45,6 +45,8 @@ executor must set ``OrderExecuted.reason="stop_loss"`` on the resting stop's rep
 from __future__ import annotations
 
 import datetime as dt
+import decimal
+import functools
 import json
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
@@ -81,11 +83,17 @@ from .exits import (
     PositionPlan,
     plan_levels,
 )
-from .guards import GuardChain, GuardContext, fmt
+from .guards import NOT_CHECKED, GuardChain, GuardContext, fmt, guard_check, trusted_model
 from .sizing import RiskConfig, size_entry
 
 ZERO = Decimal(0)
 STOP_OUT_REASONS = frozenset({"stop_loss", "trailing_stop"})
+# Exact sums (adding and subtracting never rounds at this precision): the running in-flight totals.
+_EXACT = decimal.Context(prec=decimal.MAX_PREC, Emax=decimal.MAX_EMAX, Emin=decimal.MIN_EMIN,
+                         rounding=decimal.ROUND_HALF_EVEN,
+                         traps=[decimal.Inexact, decimal.InvalidOperation, decimal.Overflow])
+_DAY_MS = 86_400_000
+_EPOCH = dt.date(1970, 1, 1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,7 +188,65 @@ def _uncount(counter: Counter[Any], key: Any) -> None:
 
 
 def utc_day(ts_ms: int) -> str:
-    return dt.datetime.fromtimestamp(ts_ms / 1000, tz=dt.UTC).date().isoformat()
+    """The UTC date of epoch ms ``ts_ms`` (a UTC day is exactly 86 400 000 ms: no leap seconds in
+    epoch time), e.g. ``"2023-11-14"``."""
+    return _day_name(ts_ms // _DAY_MS)
+
+
+@functools.lru_cache(maxsize=64)
+def _day_name(day: int) -> str:
+    return (_EPOCH + dt.timedelta(days=day)).isoformat()
+
+
+@functools.lru_cache(maxsize=256)
+def _unit(exp: int) -> Decimal:
+    return Decimal((0, (1,), exp))
+
+
+def _exponent(value: Decimal) -> int:
+    exp = value.as_tuple().exponent
+    assert isinstance(exp, int), value  # finite
+    return exp
+
+
+def _as_summed(exact: Decimal, exp: int, prec: int) -> Decimal | None:
+    """``exact``, the exact sum of non-negative terms whose smallest exponent is ``exp`` (0 at
+    most: ``ZERO`` is one of them), written the way ``ZERO + t1 + t2 + ...`` in a context of
+    ``prec`` digits writes it (exponent ``exp``), whatever the order; None when that sum would
+    have rounded on the way (more than ``prec`` digits): then only the sum itself gives its answer.
+    With non-negative terms every partial sum is at most the total and has an exponent >= ``exp``,
+    so a total that fits in ``prec`` digits means no step rounded."""
+    value = _EXACT.quantize(exact, _unit(exp))
+    if value and value.adjusted() - exp + 1 > prec:
+        return None
+    return value
+
+
+class _Sum:
+    """A running exact sum of Decimal terms and the exponents of the terms it holds, so
+    ``_as_summed`` gives exactly what summing the terms present would (value and exponent), in
+    O(distinct exponents), however the terms came and went."""
+
+    __slots__ = ("exact", "exps", "n")
+
+    def __init__(self) -> None:
+        self.exact = ZERO
+        self.exps: Counter[int] = Counter()
+        self.n = 0
+
+    def add(self, term: Decimal, exp: int) -> None:
+        self.exact = _EXACT.add(self.exact, term)
+        self.exps[exp] += 1
+        self.n += 1
+
+    def remove(self, term: Decimal, exp: int) -> None:
+        self.n -= 1
+        _uncount(self.exps, exp)
+        self.exact = _EXACT.subtract(self.exact, term) if self.n else ZERO
+
+    def min_exp(self) -> int:
+        """The smallest exponent of the terms and of ZERO's (0)."""
+        return min(min(self.exps), 0) if self.exps else 0
 
 
 class TradingCore:
@@ -194,8 +260,16 @@ class TradingCore:
         self.clock = clock
         self.ledger = ledger if ledger is not None else PositionLedger()
         self.monitor = PositionMonitor(config.exits)
+        self._trusted_decisions = isinstance(factory.src, str) and config.mode in ("paper", "sandbox", "live")
         self._catalog_markets = frozenset(catalog)
         self._inflight: dict[str, InFlight] = {}
+        # Kept with _inflight by _add_flight/_drop_flight/_add_filled only, so a decision is O(1)
+        # in the number of intents in flight (tests/core/test_core_speed_invariants.py):
+        self._flight_kinds: Counter[str] = Counter()  # entry/exit → intents in flight
+        self._entry_markets: Counter[str] = Counter()  # market → entries in flight
+        self._left: dict[str, tuple[Decimal, int]] = {}  # entry in flight → (unfilled notional, its exponent)
+        self._left_by_asset: dict[str, _Sum] = {}  # asset → sum of its entries' unfilled notional
+        self._left_total = _Sum()
         self._final: set[tuple[str, str]] = set()  # (intent id, side) with a final report
         self._filled_quote: dict[str, Decimal] = {}  # intent id → quote its buy orders filled
         self._known_intents: set[str] = set()
@@ -251,8 +325,8 @@ class TradingCore:
         return [IfKey(streams.KILL, "1", then=tuple(blocked), otherwise=tuple(effects), on_chosen=chosen)]
 
     def _killed_variant(self, decision: DecisionMade) -> list[Effect]:
-        checks = [GuardCheck(name=c.name, passed=False, value="on (read at commit)", limit="off",
-                             reason="kill_switch") if c.name == "kill_switch" else c for c in decision.checks]
+        checks = [guard_check(c.name, False, "on (read at commit)", "off", "kill_switch") if c.name == "kill_switch"
+                  else c for c in decision.checks]
         blocked = decision.model_copy(update={"accepted": False, "reasons": ["kill_switch"], "checks": checks,
                                               "intent_id": None})
         event = self.factory.child(
@@ -265,7 +339,7 @@ class TradingCore:
     def _retract(self, signal_id: str, intent: EntryIntent, blocked: list[Effect]) -> None:
         """Undo what deciding ``intent`` taught the core, because the commit wrote the blocked branch."""
         self._known_intents.discard(intent.id)
-        self._inflight.pop(intent.id, None)
+        self._drop_flight(intent.id)
         self._decided_before.discard(signal_id)
         plan = self.monitor.get(intent.market)
         if plan is not None and plan.position_id == intent.id:
@@ -304,7 +378,7 @@ class TradingCore:
         if booking is None:
             return []
         if booking.side == "buy":
-            self._filled_quote[msg.intent_id] = self._filled_quote.get(msg.intent_id, ZERO) + booking.delta_quote
+            self._add_filled(msg.intent_id, booking.delta_quote)
         if booking.realized:
             day = utc_day(msg.ts)
             self._daily_realized[day] = self._daily_realized.get(day, ZERO) + booking.realized
@@ -316,7 +390,7 @@ class TradingCore:
             self._final.add((msg.intent_id, booking.side))
             flight = self._inflight.get(msg.intent_id)
             if flight is not None and (flight.kind == "entry") == (booking.side == "buy"):
-                del self._inflight[msg.intent_id]
+                self._drop_flight(msg.intent_id)
                 if flight.kind == "exit":
                     self.monitor.exit_done(msg.market, msg.intent_id)
         pos = self.ledger.position(msg.market)
@@ -361,8 +435,7 @@ class TradingCore:
         if msg.side != "buy":
             has = self.ledger.size(msg.market) > 0
             reason = "sell_signal_ignored" if has else "spot_long_only"
-            check = GuardCheck(name="signal", passed=False, value=f"sell {msg.market}",
-                               limit="buy (spot, long only)", reason=reason)
+            check = guard_check("signal", False, f"sell {msg.market}", "buy (spot, long only)", reason)
             decision = self._decision(msg, False, [check], None, None, None)
             self.decisions[("blocked", reason)] += 1
             self.blocked_reasons[reason] += 1
@@ -371,14 +444,12 @@ class TradingCore:
         input_checks: list[GuardCheck] = []
         price = ZERO
         if rules is None:
-            input_checks.append(GuardCheck(name="signal", passed=False, value=msg.market, limit="catalogue",
-                                           reason="unknown_market"))
+            input_checks.append(guard_check("signal", False, msg.market, "catalogue", "unknown_market"))
         elif msg.ref_price <= 0:
-            input_checks.append(GuardCheck(name="signal", passed=False, value=fmt(msg.ref_price), limit="> 0",
-                                           reason="bad_price"))
+            input_checks.append(guard_check("signal", False, fmt(msg.ref_price), "> 0", "bad_price"))
         else:
             price = rules.round_price(msg.ref_price, "up")  # pay at most this: size conservatively
-            input_checks.append(GuardCheck(name="signal", passed=True, value=fmt(price), limit="> 0"))
+            input_checks.append(guard_check("signal", True, fmt(price), "> 0"))
 
         levels = None
         sizing_outcome = None
@@ -386,17 +457,16 @@ class TradingCore:
             planned = plan_levels(self.config.exits, price, msg.atr, rules)
             if isinstance(planned, str):
                 atr = fmt(msg.atr) if msg.atr is not None else "none"
-                input_checks.append(GuardCheck(name="exit_plan", passed=False, value=f"atr {atr}",
-                                               limit=f"exit mode {self.config.exits.mode}", reason=planned))
+                input_checks.append(guard_check("exit_plan", False, f"atr {atr}", f"exit mode {self.config.exits.mode}",
+                                                planned))
             else:
                 levels = planned
-                input_checks.append(GuardCheck(
-                    name="exit_plan", passed=True, value=f"stop {fmt(levels.stop)}",
-                    limit=f"take_profit {fmt(levels.take_profit) if levels.take_profit is not None else 'none'}"))
+                input_checks.append(guard_check(
+                    "exit_plan", True, f"stop {fmt(levels.stop)}",
+                    f"take_profit {fmt(levels.take_profit) if levels.take_profit is not None else 'none'}"))
 
         asset = rules.base if rules is not None else msg.market.split("-")[0]
-        per_asset, total = self._exposures()
-        held_asset = per_asset.get(asset, ZERO)
+        held_asset, total = self._exposure_of(asset)
         if levels is not None and rules is not None:
             caps = self.config.guards.caps
             rooms = {
@@ -409,8 +479,7 @@ class TradingCore:
             sizing_outcome = size_entry(equity=self.equity, risk=self.config.risk, entry_price=price,
                                         stop_price=levels.stop, rules=rules, rooms=rooms)
             if sizing_outcome.reason is not None:
-                input_checks.append(GuardCheck(name="sizing", passed=False, value=fmt(self.equity),
-                                               limit="> 0", reason=sizing_outcome.reason))
+                input_checks.append(guard_check("sizing", False, fmt(self.equity), "> 0", sizing_outcome.reason))
         amount = sizing_outcome.amount if sizing_outcome is not None else ZERO
         notional = amount * price
         ctx = GuardContext(
@@ -419,34 +488,42 @@ class TradingCore:
             open_positions=self._open_positions(), asset_exposure=held_asset, global_exposure=total,
             daily_loss=self.daily_loss(now), last_stop_out_ms=self._stop_outs.get(msg.market), now_ms=now,
             catalog_markets=self._catalog_markets,
+            exchange_reason=sizing_outcome.exchange_reason
+            if sizing_outcome is not None and sizing_outcome.sizing is not None else NOT_CHECKED,
         )
         # The signal's own checks first (so bad input is the first reason), then every guard.
         checks = input_checks + self.config.guards.check(ctx)
-        reasons = list(dict.fromkeys(c.reason for c in checks if not c.passed and c.reason))  # unique, in order
+        reasons = [c.reason for c in checks if not c.passed and c.reason]
+        if len(reasons) > 1:
+            reasons = list(dict.fromkeys(reasons))  # unique, in order
         accepted = not reasons
         sizing = sizing_outcome.sizing if sizing_outcome is not None else None
         stop = levels.stop if levels is not None else None
         tp = levels.take_profit if levels is not None else None
-        intent_id = derive_id(derive_id(msg.id, DecisionMade.TYPE), EntryIntent.TYPE) if accepted else None
-        decision = self._decision(msg, accepted, checks, sizing, (stop, tp), intent_id, reasons)
+        decision_id = derive_id(msg.id, DecisionMade.TYPE)
+        intent_id = derive_id(decision_id, EntryIntent.TYPE) if accepted else None
+        decision = self._decision(msg, accepted, checks, sizing, (stop, tp), intent_id, reasons, decision_id)
         out: list[Effect] = [Output(streams.ORDERS_SIGNALS, decision)]
         if accepted:
-            assert levels is not None and sizing is not None and rules is not None
-            intent = self.factory.child(
-                decision, EntryIntent, decision_id=decision.id, signal_id=msg.id, market=msg.market, side="buy",
+            assert levels is not None and sizing is not None and rules is not None and intent_id is not None
+            # What factory.child(decision, EntryIntent, ...) makes, with the id already derived.
+            intent = EntryIntent(
+                id=intent_id, ts=self.factory.clock.now_ms(), src=self.factory.src, trace=decision.trace, v=EntryIntent.V,
+                decision_id=decision.id, signal_id=msg.id, market=msg.market, side="buy",
                 order_type=self.config.entry_order_type, amount=amount,
                 price=price if self.config.entry_order_type == "limit" else None, ref_price=price,
                 stop_price=levels.stop, take_profit_price=levels.take_profit,
                 trailing_distance=levels.trail_distance, time_stop_secs=self.config.exits.time_stop_secs,
                 strategy=msg.strategy, strategy_params=dict(msg.params), checks=checks, sizing=sizing,
                 mode=self.config.mode)
-            assert intent.id == intent_id
             self._learn_entry(intent, live=True)
             out.append(Output(streams.ORDERS_SHADOW, intent))
             self.decisions[("accepted", "")] += 1
         else:
             self.decisions[("blocked", reasons[0])] += 1
-            self.blocked_reasons.update(reasons)
+            blocked = self.blocked_reasons
+            for reason in reasons:
+                blocked[reason] += 1
             event = self._blocked_event(decision, reasons, now)
             if event is not None:
                 out.append(Output(streams.TRADING_EVENTS, event))
@@ -454,15 +531,25 @@ class TradingCore:
 
     def _decision(self, msg: SignalEmitted, accepted: bool, checks: list[GuardCheck], sizing: Any,
                   levels: tuple[Decimal | None, Decimal | None] | None, intent_id: str | None,
-                  reasons: list[str] | None = None) -> DecisionMade:
+                  reasons: list[str] | None = None, decision_id: str | None = None) -> DecisionMade:
         if reasons is None:
             reasons = [c.reason for c in checks if not c.passed and c.reason]
         stop, tp = levels if levels is not None else (None, None)
-        return self.factory.child(
-            msg, DecisionMade, signal_id=msg.id, market=msg.market, strategy=msg.strategy,
+        # What factory.child(msg, DecisionMade, ...) makes (the id derived from the signal's).
+        ts = self.factory.clock.now_ms()
+        fields = dict(
+            id=decision_id or derive_id(msg.id, DecisionMade.TYPE), ts=ts, src=self.factory.src,
+            trace=msg.trace, v=DecisionMade.V, signal_id=msg.id, market=msg.market, strategy=msg.strategy,
             strategy_params=dict(msg.params), side=msg.side, ref_price=msg.ref_price, atr=msg.atr,
             accepted=accepted, reasons=reasons, checks=checks, sizing=sizing, stop_price=stop,
             take_profit_price=tp, intent_id=intent_id, mode=self.config.mode)
+        if self._trusted_decisions and type(ts) is int:
+            # Every field is already of its validated type: the signal's (validated when decoded), ids
+            # from derive_id, new lists of str and of GuardCheck, a Sizing, prices from round_price,
+            # src and mode checked at start. The audit record of every signal: validating it again
+            # was a fifth of the decision (tests/core/test_core_speed_invariants.py: same JSON).
+            return trusted_model(DecisionMade, fields)
+        return DecisionMade(**fields)
 
     def _blocked_event(self, decision: DecisionMade, reasons: list[str], now: int) -> TradingEvent | None:
         kind = reasons[0]
@@ -526,10 +613,11 @@ class TradingCore:
         # intent has neither: the best bid, else its stop (a floor; such intents bypass the core).
         ref = intent.price or intent.ref_price or self._bids.get(intent.market) or intent.stop_price
         if not filled:
-            self._inflight[intent.id] = InFlight(intent.id, "entry", intent.market, asset, intent.amount * ref,
-                                                 intent.ts)
+            self._add_flight(InFlight(intent.id, "entry", intent.market, asset, intent.amount * ref, intent.ts))
         if rules is None:
             return
+        if intent.market in self.monitor.plans:
+            return  # the market keeps the plan it has (PositionMonitor.open)
         size = self.ledger.size(intent.market)
         if filled and size == 0:
             return  # entry done and the position gone (or never filled)
@@ -556,8 +644,7 @@ class TradingCore:
                 plan.exit_attempts += 1
                 plan.last_exit_ms = intent.ts
             return
-        self._inflight[intent.id] = InFlight(intent.id, "exit", intent.market, intent.market.split("-")[0], ZERO,
-                                             intent.ts)
+        self._add_flight(InFlight(intent.id, "exit", intent.market, intent.market.split("-")[0], ZERO, intent.ts))
         self.monitor.learn_exit(intent.market, intent.id, intent.ts)
 
     def _learn_amend(self, intent: StopAmendIntent) -> None:
@@ -571,28 +658,125 @@ class TradingCore:
     def _stop_out(self, market: str, ts: int) -> None:
         self._stop_outs[market] = max(self._stop_outs.get(market, 0), ts)
 
+    # In flight: every change goes through these three, which keep the counts and sums with it.
+
+    def _add_flight(self, flight: InFlight) -> None:
+        self._drop_flight(flight.intent_id)
+        self._inflight[flight.intent_id] = flight
+        self._flight_kinds[flight.kind] += 1
+        if flight.kind == "entry":
+            self._entry_markets[flight.market] += 1
+            self._count_left(flight)
+
+    def _drop_flight(self, intent_id: str) -> InFlight | None:
+        flight = self._inflight.pop(intent_id, None)
+        if flight is not None:
+            _uncount(self._flight_kinds, flight.kind)
+            if flight.kind == "entry":
+                _uncount(self._entry_markets, flight.market)
+                self._uncount_left(flight)
+        return flight
+
+    def _add_filled(self, intent_id: str, quote: Decimal) -> None:
+        """``quote`` more filled by the intent's buy orders (its unfilled notional shrinks)."""
+        self._filled_quote[intent_id] = self._filled_quote.get(intent_id, ZERO) + quote
+        flight = self._inflight.get(intent_id)
+        if flight is not None and flight.kind == "entry":
+            self._uncount_left(flight)
+            self._count_left(flight)
+
+    def _count_left(self, flight: InFlight) -> None:
+        # What an entry still may spend: never below 0 (it filled for more than its notional).
+        left = max(flight.notional - self._filled_quote.get(flight.intent_id, ZERO), ZERO)
+        exp = _exponent(left)
+        self._left[flight.intent_id] = (left, exp)
+        sums = self._left_by_asset.get(flight.asset)
+        if sums is None:
+            sums = self._left_by_asset[flight.asset] = _Sum()
+        sums.add(left, exp)
+        self._left_total.add(left, exp)
+
+    def _uncount_left(self, flight: InFlight) -> None:
+        left, exp = self._left.pop(flight.intent_id)
+        sums = self._left_by_asset[flight.asset]
+        sums.remove(left, exp)
+        if not sums.n:
+            del self._left_by_asset[flight.asset]
+        self._left_total.remove(left, exp)
+
     def _entry_in_flight(self, market: str) -> bool:
-        return any(f.kind == "entry" and f.market == market for f in self._inflight.values())
+        return market in self._entry_markets
 
     def _has_position(self, market: str) -> bool:
-        return self.ledger.size(market) > 0 or self._entry_in_flight(market)
+        return self.ledger.size(market) > 0 or market in self._entry_markets
 
     def open_positions(self) -> int:
         """Markets with an open position or an in-flight entry."""
         return self._open_positions()
 
     def _open_positions(self) -> int:
-        markets = set(self.ledger.positions)
-        markets.update(f.market for f in self._inflight.values() if f.kind == "entry")
-        return len(markets)
+        entries = self._entry_markets
+        return len(entries) + sum(1 for m in self.ledger.positions if m not in entries)
+
+    def _asset_of(self, market: str) -> str:
+        rules = self.catalog.get(market)
+        return rules.base if rules is not None else market.split("-")[0]
 
     def _exposures(self) -> tuple[dict[str, Decimal], Decimal]:
         """Asset → EUR held (at the best bid, or cost without one) plus in-flight entries' unfilled
-        notional; and the total."""
+        notional; and the total. O(open positions + assets in flight)."""
+        prec = decimal.getcontext().prec
+        sums: dict[str, tuple[Decimal, int]] = {}  # asset → (exact sum, smallest exponent with ZERO's)
+        total, total_exp = self._left_total.exact, self._left_total.min_exp()
+        for market, value in self.ledger.exposure(self._bids).items():
+            if value < 0:
+                return self._exposures_scan()
+            exp = _exponent(value)
+            asset = self._asset_of(market)
+            had, had_exp = sums.get(asset, (ZERO, 0))
+            sums[asset] = (_EXACT.add(had, value), min(had_exp, exp))
+            total, total_exp = _EXACT.add(total, value), min(total_exp, exp)
+        for asset, left in self._left_by_asset.items():
+            had, had_exp = sums.get(asset, (ZERO, 0))
+            sums[asset] = (_EXACT.add(had, left.exact), min(had_exp, left.min_exp()))
+        summed = _as_summed(total, total_exp, prec)
+        if summed is None:
+            return self._exposures_scan()
+        per_asset: dict[str, Decimal] = {}
+        for asset, (exact, exp) in sums.items():
+            asset_sum = _as_summed(exact, exp, prec)
+            if asset_sum is None:
+                return self._exposures_scan()
+            per_asset[asset] = asset_sum
+        return per_asset, summed
+
+    def _exposure_of(self, asset: str) -> tuple[Decimal, Decimal]:
+        """``(_exposures()[0].get(asset, ZERO), _exposures()[1])`` in O(open positions)."""
+        prec = decimal.getcontext().prec
+        left = self._left_by_asset.get(asset)
+        held, held_exp = (left.exact, left.min_exp()) if left is not None else (ZERO, 0)
+        total, total_exp = self._left_total.exact, self._left_total.min_exp()
+        for market, value in self.ledger.exposure(self._bids).items():
+            if value < 0:
+                break
+            exp = _exponent(value)
+            if self._asset_of(market) == asset:
+                held, held_exp = _EXACT.add(held, value), min(held_exp, exp)
+            total, total_exp = _EXACT.add(total, value), min(total_exp, exp)
+        else:
+            summed_held = _as_summed(held, held_exp, prec)
+            summed_total = _as_summed(total, total_exp, prec)
+            if summed_held is not None and summed_total is not None:
+                return summed_held, summed_total
+        per_asset, summed = self._exposures_scan()
+        return per_asset.get(asset, ZERO), summed
+
+    def _exposures_scan(self) -> tuple[dict[str, Decimal], Decimal]:
+        """``_exposures`` from scratch, O(intents in flight): the reference the kept sums equal
+        (and the answer when a sum would round at the context's precision)."""
         per_asset: dict[str, Decimal] = {}
         for market, value in self.ledger.exposure(self._bids).items():
-            rules = self.catalog.get(market)
-            asset = rules.base if rules is not None else market.split("-")[0]
+            asset = self._asset_of(market)
             per_asset[asset] = per_asset.get(asset, ZERO) + value
         for flight in self._inflight.values():
             if flight.kind == "entry":
@@ -615,6 +799,10 @@ class TradingCore:
 
     def in_flight(self) -> list[InFlight]:
         return sorted(self._inflight.values(), key=lambda f: (f.made_ms, f.intent_id))
+
+    def in_flight_counts(self) -> dict[str, int]:
+        """Intents in flight by kind (entry, exit): ``in_flight()`` counted, in O(1)."""
+        return {"entry": self._flight_kinds["entry"], "exit": self._flight_kinds["exit"]}
 
     def exposure(self) -> dict[str, Decimal]:
         return self._exposures()[0]

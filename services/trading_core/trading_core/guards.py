@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, ClassVar, TypeVar
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
@@ -59,9 +59,50 @@ def fmt(value: Decimal) -> str:
     return format(value, "f")
 
 
-@dataclass(frozen=True, slots=True)
+_CHECKS: dict[tuple[str, bool, str, str, str | None], GuardCheck] = {}
+_CHECKS_MAX = 8192
+
+
+def guard_check(name: str, passed: bool, value: str, limit: str, reason: str | None = None) -> GuardCheck:
+    """``GuardCheck(name=..., passed=..., value=..., limit=..., reason=...)``, the same (frozen,
+    str and bool fields only) instance for the same fields: most checks of most decisions repeat
+    (``kill_switch off``, a market's exchange rules), and validating a model costs more than a
+    dict lookup. Bounded: emptied when full."""
+    key = (name, passed, value, limit, reason)
+    check = _CHECKS.get(key)
+    if check is None:
+        check = GuardCheck(name=name, passed=passed, value=value, limit=limit, reason=reason)
+        if len(_CHECKS) >= _CHECKS_MAX:
+            _CHECKS.clear()
+        _CHECKS[key] = check
+    return check
+
+
+NOT_CHECKED = "not_checked"  # GuardContext.exchange_reason when the caller has not run check_order
+
+_M = TypeVar("_M", bound=BaseModel)
+_new = object.__new__
+_set = object.__setattr__
+
+
+def trusted_model(cls: type[_M], fields: dict[str, Any]) -> _M:
+    """``cls(**fields)`` without running its validators, for the decision's own models whose every
+    field the caller built already in its validated type (it says why where it calls this): the same
+    object, equal and encoded byte for byte as the validated one (tests/core/test_core_speed_invariants.py),
+    at a quarter of the cost. ``fields`` names every field. (``model_construct`` is slower than
+    validating, in the pydantic this runs on.)"""
+    model = _new(cls)
+    _set(model, "__dict__", fields)
+    _set(model, "__pydantic_fields_set__", set(fields))
+    _set(model, "__pydantic_extra__", None)
+    _set(model, "__pydantic_private__", None)
+    return model
+
+
+@dataclass(slots=True)
 class GuardContext:
-    """What the guards look at for one proposed entry (built by the core)."""
+    """What the guards look at for one proposed entry (built by the core, one per decision; guards
+    only read it. Not frozen: a frozen dataclass's ``__init__`` costs four times as much)."""
 
     market: str
     asset: str  # base asset; exposure is per asset
@@ -78,6 +119,8 @@ class GuardContext:
     last_stop_out_ms: int | None  # this market's last stop-out
     now_ms: int
     catalog_markets: frozenset[str] = frozenset()
+    # ``rules.check_order(amount, price)`` when the caller has it already (the sizing ran it)
+    exchange_reason: str | None = NOT_CHECKED
 
 
 class Guard(BaseModel):
@@ -91,8 +134,22 @@ class Guard(BaseModel):
         raise NotImplementedError
 
     def _result(self, passed: bool, value: str, limit: str, reason: str | None = None) -> GuardCheck:
-        return GuardCheck(name=self.NAME, passed=passed, value=value, limit=limit,
-                          reason=None if passed else (reason or self.REASON))
+        return guard_check(self.NAME, passed, value, limit, None if passed else (reason or self.REASON))
+
+    def _derived(self) -> Any:
+        """What ``_derive`` makes of this guard's (frozen) params, made once per instance."""
+        known = _DERIVED.get(id(self))
+        if known is None or known[0] is not self:
+            if len(_DERIVED) >= 4096:
+                _DERIVED.clear()
+            known = _DERIVED[id(self)] = (self, self._derive())
+        return known[1]
+
+    def _derive(self) -> Any:
+        return None
+
+
+_DERIVED: dict[int, tuple[Guard, Any]] = {}  # id(guard) → (guard, its _derive())
 
 
 class KillSwitch(Guard):
@@ -108,9 +165,13 @@ class MarketAllowList(Guard):
     REASON: ClassVar[str] = "market_not_allowed"
     markets: list[str] = Field(default_factory=list)
 
+    def _derive(self) -> tuple[frozenset[str], str]:
+        return frozenset(self.markets), ",".join(self.markets)
+
     def check(self, ctx: GuardContext) -> GuardCheck:
         if self.markets:
-            return self._result(ctx.market in self.markets, ctx.market, ",".join(self.markets))
+            allowed, limit = self._derived()
+            return self._result(ctx.market in allowed, ctx.market, limit)
         return self._result(ctx.market in ctx.catalog_markets, ctx.market, "catalogue")
 
 
@@ -127,15 +188,18 @@ class MaxOpenPositions(Guard):
     REASON: ClassVar[str] = "max_positions"
     max_positions: int = Field(5, ge=0)
 
+    def _derive(self) -> str:
+        return str(self.max_positions)
+
     def check(self, ctx: GuardContext) -> GuardCheck:
         after = ctx.open_positions + (0 if ctx.market_has_position else 1)
-        return self._result(after <= self.max_positions, str(after), str(self.max_positions))
+        return self._result(after <= self.max_positions, str(after), self._derived())
 
 
-def _exposure(guard: Guard, held: Decimal, notional: Decimal, limit: Decimal) -> GuardCheck:
+def _exposure(guard: Guard, held: Decimal, notional: Decimal, limit: Decimal, shown: str) -> GuardCheck:
     after = held + notional
     # No room left blocks even a zero-size order (sizing caps to the room, so it could be 0).
-    return guard._result(after <= limit and held < limit, fmt(after), fmt(limit))
+    return guard._result(after <= limit and held < limit, fmt(after), shown)  # shown: fmt(limit)
 
 
 class MaxAssetExposure(Guard):
@@ -143,8 +207,11 @@ class MaxAssetExposure(Guard):
     REASON: ClassVar[str] = "asset_exposure"
     max_exposure_eur: Money = Decimal(250)
 
+    def _derive(self) -> str:
+        return fmt(self.max_exposure_eur)
+
     def check(self, ctx: GuardContext) -> GuardCheck:
-        return _exposure(self, ctx.asset_exposure, ctx.notional, self.max_exposure_eur)
+        return _exposure(self, ctx.asset_exposure, ctx.notional, self.max_exposure_eur, self._derived())
 
 
 class MaxGlobalExposure(Guard):
@@ -152,8 +219,11 @@ class MaxGlobalExposure(Guard):
     REASON: ClassVar[str] = "global_exposure"
     max_exposure_eur: Money = Decimal(1000)
 
+    def _derive(self) -> str:
+        return fmt(self.max_exposure_eur)
+
     def check(self, ctx: GuardContext) -> GuardCheck:
-        return _exposure(self, ctx.global_exposure, ctx.notional, self.max_exposure_eur)
+        return _exposure(self, ctx.global_exposure, ctx.notional, self.max_exposure_eur, self._derived())
 
 
 class MaxOrderNotional(Guard):
@@ -161,8 +231,11 @@ class MaxOrderNotional(Guard):
     REASON: ClassVar[str] = "order_notional"
     max_notional_eur: Money = Decimal(100)
 
+    def _derive(self) -> str:
+        return fmt(self.max_notional_eur)
+
     def check(self, ctx: GuardContext) -> GuardCheck:
-        return self._result(ctx.notional <= self.max_notional_eur, fmt(ctx.notional), fmt(self.max_notional_eur))
+        return self._result(ctx.notional <= self.max_notional_eur, fmt(ctx.notional), self._derived())
 
 
 class DailyLossLimit(Guard):
@@ -170,8 +243,11 @@ class DailyLossLimit(Guard):
     REASON: ClassVar[str] = "daily_loss"
     max_loss_eur: Money = Decimal(50)
 
+    def _derive(self) -> str:
+        return fmt(self.max_loss_eur)
+
     def check(self, ctx: GuardContext) -> GuardCheck:
-        return self._result(ctx.daily_loss < self.max_loss_eur, fmt(ctx.daily_loss), fmt(self.max_loss_eur))
+        return self._result(ctx.daily_loss < self.max_loss_eur, fmt(ctx.daily_loss), self._derived())
 
 
 class StopOutCooldown(Guard):
@@ -185,9 +261,12 @@ class StopOutCooldown(Guard):
         left_ms = ctx.last_stop_out_ms + self.cooldown_secs * 1000 - ctx.now_ms
         return max(ZERO, Decimal(left_ms) / 1000)
 
+    def _derive(self) -> str:
+        return str(self.cooldown_secs)
+
     def check(self, ctx: GuardContext) -> GuardCheck:
         left = self.remaining_secs(ctx)
-        return self._result(left == 0, fmt(left), str(self.cooldown_secs))
+        return self._result(left == 0, fmt(left), self._derived())
 
 
 class ExchangeRules(Guard):
@@ -199,10 +278,25 @@ class ExchangeRules(Guard):
         value = f"{fmt(ctx.amount)}@{fmt(ctx.price)}"
         if rules is None:
             return self._result(False, value, "unknown", "unknown_market")
-        limit = (f"min {fmt(rules.min_base)} {rules.base}, {fmt(rules.min_quote)} {rules.quote}; "
-                 f"tick {fmt(rules.tick_size)}; {rules.quantity_decimals} decimals")
-        reason = rules.check_order(ctx.amount, ctx.price)
-        return self._result(reason is None, value, limit, reason)
+        reason = ctx.exchange_reason
+        if reason == NOT_CHECKED:
+            reason = rules.check_order(ctx.amount, ctx.price)
+        return self._result(reason is None, value, _rules_limit(rules), reason)
+
+
+_LIMITS: dict[int, tuple[MarketRules, str]] = {}  # id(rules) → (rules, its ExchangeRules limit)
+
+
+def _rules_limit(rules: MarketRules) -> str:
+    known = _LIMITS.get(id(rules))
+    if known is not None and known[0] is rules:
+        return known[1]
+    limit = (f"min {fmt(rules.min_base)} {rules.base}, {fmt(rules.min_quote)} {rules.quote}; "
+             f"tick {fmt(rules.tick_size)}; {rules.quantity_decimals} decimals")
+    if len(_LIMITS) >= 4096:
+        _LIMITS.clear()
+    _LIMITS[id(rules)] = (rules, limit)
+    return limit
 
 
 REGISTRY: dict[str, type[Guard]] = {cls.__name__: cls for cls in (
@@ -296,4 +390,5 @@ class GuardChain:
         return [{"method": type(g).__name__, **g.model_dump(mode="json")} for g in self.guards]
 
 
-__all__ = ["DEFAULT_GUARDS", "REGISTRY", "Caps", "Guard", "GuardChain", "GuardContext", "fmt"]
+__all__ = ["DEFAULT_GUARDS", "NOT_CHECKED", "REGISTRY", "Caps", "Guard", "GuardChain", "GuardContext", "fmt",
+           "guard_check", "trusted_model"]

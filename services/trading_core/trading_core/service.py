@@ -171,9 +171,9 @@ def setup(service: Service[Settings]) -> None:
             metrics.exposure.labels(asset=asset).set(float(value))
         metrics.global_exposure.set(float(total))
         metrics.open_positions.set(c.open_positions())
-        flights = c.in_flight()
+        counts = c.in_flight_counts()
         for kind in ("entry", "exit"):
-            metrics.in_flight.labels(kind=kind).set(sum(1 for f in flights if f.kind == kind))
+            metrics.in_flight.labels(kind=kind).set(counts.get(kind, 0))
         metrics.equity.set(float(c.equity))
         metrics.daily_loss.set(float(c.daily_loss()))
         metrics.markets.set(len(c.catalog))

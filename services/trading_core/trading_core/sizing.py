@@ -22,13 +22,16 @@ lose more than the risk amount). The stop price is the one already rounded to th
 from __future__ import annotations
 
 import decimal
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Literal
+from typing import Any, Literal
 
 from tradestack.markets import MarketRules
 from tradestack.messages import Sizing
+
+from .guards import trusted_model
 
 ZERO = Decimal(0)
 HUNDRED = Decimal(100)
@@ -93,14 +96,30 @@ def size_entry(*, equity: Decimal, risk: RiskConfig, entry_price: Decimal, stop_
         if _CTX.multiply(capped, entry_price) > room:
             capped, capped_by = _CTX.divide(room, entry_price), name
     rounded = rules.round_amount_down(capped)
-    shown = Decimal(1).scaleb(-(rules.quantity_decimals + 4))  # keep the message readable
-    sizing = Sizing(
-        equity=equity, risk_mode=risk.mode, risk_value=risk.value, risk_eur=risk_eur,
-        entry_price=entry_price, stop_price=stop_price, stop_distance=entry_price - stop_price,
-        fee_rate=fee, loss_per_unit=loss_per_unit, raw_size=raw.quantize(shown, context=_CTX),
-        capped_size=capped.quantize(shown, context=_CTX), capped_by=capped_by, rounded_size=rounded,
-    )
+    shown = _shown(rules.quantity_decimals)  # keep the message readable
+    fields: dict[str, Any] = {
+        "equity": equity, "risk_mode": risk.mode, "risk_value": risk.value, "risk_eur": risk_eur,
+        "entry_price": entry_price, "stop_price": stop_price, "stop_distance": entry_price - stop_price,
+        "fee_rate": fee, "loss_per_unit": loss_per_unit, "raw_size": raw.quantize(shown, context=_CTX),
+        "capped_size": capped.quantize(shown, context=_CTX), "capped_by": capped_by, "rounded_size": rounded,
+    }
+    # Inputs that are finite Decimals give only finite Decimals (decimal arithmetic traps rather than
+    # make NaN or infinity; the sizes are quantized), risk_mode is checked by RiskConfig, capped_by is
+    # a room's name: nothing left for Sizing's validators to do. Anything else is validated (and refused).
+    if (isinstance(equity, Decimal) and equity.is_finite() and isinstance(risk.value, Decimal)
+            and risk.value.is_finite() and isinstance(fee, Decimal) and fee.is_finite()
+            and isinstance(entry_price, Decimal) and entry_price.is_finite()
+            and isinstance(stop_price, Decimal) and stop_price.is_finite()
+            and (capped_by is None or isinstance(capped_by, str))):
+        sizing = trusted_model(Sizing, fields)
+    else:
+        sizing = Sizing(**fields)
     return SizingOutcome(sizing, None, rules.check_order(rounded, entry_price))
+
+
+@functools.lru_cache(maxsize=64)
+def _shown(quantity_decimals: int) -> Decimal:
+    return Decimal(1).scaleb(-(quantity_decimals + 4))
 
 
 def stop_out_loss(amount: Decimal, entry_price: Decimal, stop_price: Decimal, fee_rate: Decimal) -> Decimal:
