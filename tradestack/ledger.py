@@ -34,6 +34,8 @@ Accounting convention (spot, long only):
   (the exchange kept them); on a sell it is booked as a quote fee only (the coins left the account
   with the sell). Any other currency raises ``PoisonMessage``. An empty currency is accepted only
   with a zero fee.
+- A buy's fee settled after every coin of the position was sold (a fee-only change, position flat)
+  is booked to ``realized``: no coin carries it any more.
 - A sell larger than the position is a broken invariant on a long-only spot account (the ledger
   missed a buy, or the report is wrong). It raises ``PoisonMessage``: the report is dead-lettered
   with the reason, nothing is booked, and every process folding the stream rejects it the same way,
@@ -301,7 +303,13 @@ class PositionLedger:
 
         size_before = pos.size
         realized = ZERO
-        if report.side == "buy":
+        if report.side == "buy" and d_amount == 0 and pos.size == 0 and fee_base == 0:
+            # A buy's fee settled after its coins were all sold: no coins carry it any more, so it is
+            # a realized cost (in a flat position's cost it would be in neither realized nor unrealized).
+            realized = -fee_quote
+            new = Position(pos.market, ZERO, pos.cost, pos.open_fees, pos.realized + realized, pos.fees + fee_quote,
+                           None, report.ts)
+        elif report.side == "buy":
             received = d_amount - fee_base
             if pos.size + received < 0:
                 raise PoisonMessage(f"report {report.id}: a {base} fee larger than the position")
