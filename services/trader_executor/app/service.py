@@ -168,20 +168,20 @@ def setup(service: Service[Settings]) -> None:
             else:
                 found = await b.get(cmd.market, cmd.client_order_id)
                 step = m.on_lookup(cmd, found, now, kill_switch=service.kill_switch)
-            metrics.commands.values[(kind, "ok")] = metrics.commands.values.get((kind, "ok"), 0) + 1
+            metrics.commands.inc((kind, "ok"))
         except OrderNotFound as exc:
-            metrics.commands.values[(kind, "not_found")] = metrics.commands.values.get((kind, "not_found"), 0) + 1
+            metrics.commands.inc((kind, "not_found"))
             step = m.on_failed(cmd, Failure("not_found", exc.error_code, str(exc)), now)
         except RestUnavailable as exc:  # before RestError: the outcome is unknown
-            metrics.commands.values[(kind, "unknown")] = metrics.commands.values.get((kind, "unknown"), 0) + 1
+            metrics.commands.inc((kind, "unknown"))
             log.warning("order_outcome_unknown", command=kind, client_order_id=cmd.client_order_id, error=str(exc))
             step = m.on_failed(cmd, Failure("unknown", exc.error_code, str(exc)), now)
         except RestError as exc:
-            metrics.commands.values[(kind, "rejected")] = metrics.commands.values.get((kind, "rejected"), 0) + 1
+            metrics.commands.inc((kind, "rejected"))
             log.warning("order_rejected", command=kind, client_order_id=cmd.client_order_id, error=str(exc))
             step = m.on_failed(cmd, Failure("rejected", exc.error_code, str(exc)), now)
         except (OSError, TimeoutError, ParseError) as exc:
-            metrics.commands.values[(kind, "unknown")] = metrics.commands.values.get((kind, "unknown"), 0) + 1
+            metrics.commands.inc((kind, "unknown"))
             log.warning("order_outcome_unknown", command=kind, client_order_id=cmd.client_order_id,
                         error=f"{type(exc).__name__}: {exc}")
             step = m.on_failed(cmd, Failure("unknown", None, f"{type(exc).__name__}: {exc}"), now)
@@ -198,12 +198,10 @@ def setup(service: Service[Settings]) -> None:
             step = steps.popleft()
             for report in step.reports:
                 out.append(Output(streams.ORDERS_EXECUTED, report))
-                metrics.reports.values[(report.purpose, report.status)] = \
-                    metrics.reports.values.get((report.purpose, report.status), 0) + 1
+                metrics.reports.inc((report.purpose, report.status))
             for event in step.events:
                 out.append(Output(streams.TRADING_EVENTS, event))
-                metrics.events.values[(event.kind, event.severity)] = \
-                    metrics.events.values.get((event.kind, event.severity), 0) + 1
+                metrics.events.inc((event.kind, event.severity))
                 if event.severity == "critical" and event.kind not in CRITICAL_WITHOUT_KILL:
                     # Critical errors stop new risk, in the same commit as the event; a person clears it.
                     why = orjson.dumps({"on": True, "reason": f"{event.kind}: {event.message}", "by": NAME,

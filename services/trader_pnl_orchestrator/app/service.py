@@ -212,7 +212,7 @@ def setup(service: Service[Settings]) -> None:
             booking = b.on_report(msg)  # PoisonMessage: dead-lettered with the reason, nothing booked
             if booking is None:
                 return []
-            metrics.booked.values[()] = metrics.booked.values.get((), 0) + 1
+            metrics.booked.inc(())
             # This market's field and the totals, with the ack (a full rewrite would cost O(positions)
             # per report; marks rewrite the whole hash on their period).
             position = b.position_json(msg.market)
@@ -233,8 +233,7 @@ def setup(service: Service[Settings]) -> None:
                 holder["dirty"] = True
             return []
         if isinstance(msg, TradingEvent) and delivery.stream == streams.TRADING_EVENTS:
-            key = (msg.kind, msg.severity)
-            metrics.events.values[key] = metrics.events.values.get(key, 0) + 1
+            metrics.events.inc((msg.kind, msg.severity))
             return []
         if delivery.stream == streams.TRADING_EVENTS:
             return []  # other event types (universe changes) are the archive's
