@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 import time
 from datetime import datetime, timezone
+from decimal import Decimal
 from typing import Any, Callable, TextIO
 
 import orjson
@@ -20,6 +21,14 @@ from tradestack.ops.processes import LEASED, NAMES, STREAMS_SHOWN
 
 CLEAR = "\x1b[H\x1b[2J"  # cursor home, clear screen
 FILL_SEARCH = 100  # newest reports looked through for the last fill
+
+
+def short_decimal(value: Any) -> Any:
+    """A long exact decimal (an average: cost / size) cut to 10 decimal places for reading."""
+    try:
+        return format(Decimal(str(value)).quantize(Decimal("1e-10")).normalize(), "f")
+    except (ArithmeticError, ValueError):
+        return value
 
 
 def text(value: Any) -> str:
@@ -201,7 +210,7 @@ def format_status(status: dict[str, Any], mode: str) -> str:
     if status.get("positions"):
         out.append("\npositions")
         for market, p in sorted(status["positions"].items()):
-            out.append(f"  {market:<12} size {p.get('size'):<14} avg cost {p.get('avg_cost'):<14} mark {p.get('mark')}  "
+            out.append(f"  {market:<12} size {p.get('size'):<14} avg cost {short_decimal(p.get('avg_cost')):<14} mark {p.get('mark')}  "
                        f"unrealized {p.get('unrealized')}  realized {p.get('realized')}")
     else:
         out.append("\npositions: none open")

@@ -19,7 +19,7 @@ import redis
 
 from tradestack import streams
 from tradestack.ops.processes import KNOWN_STREAMS
-from tradestack.ops.status import entry_ms, message_data, text
+from tradestack.ops.status import entry_ms, message_data, short_decimal, text
 
 PAGE = 1000
 
@@ -138,7 +138,7 @@ def format_summary(s: dict[str, Any], processes: list[tuple[str, str]] | None = 
     lines.append(f"  fills: {s['fills']['total']} ({_counts(s['fills']['by_purpose'])})")
     if s["positions"]:
         lines.append("  open positions: " + "; ".join(
-            f"{m} {p.get('size')} @ {p.get('avg_cost')} (unrealized {p.get('unrealized')})"
+            f"{m} {p.get('size')} @ {short_decimal(p.get('avg_cost'))} (unrealized {p.get('unrealized')})"
             for m, p in sorted(s["positions"].items())))
     else:
         lines.append("  open positions: none")
