@@ -210,7 +210,8 @@ def format_status(status: dict[str, Any], mode: str) -> str:
     if status.get("positions"):
         out.append("\npositions")
         for market, p in sorted(status["positions"].items()):
-            out.append(f"  {market:<12} size {p.get('size'):<14} avg cost {short_decimal(p.get('avg_cost')):<14} mark {p.get('mark')}  "
+            avg = short_decimal(p.get('avg_cost'))
+            out.append(f"  {market:<12} size {p.get('size'):<14} avg cost {avg:<14} mark {p.get('mark')}  "
                        f"unrealized {p.get('unrealized')}  realized {p.get('realized')}")
     else:
         out.append("\npositions: none open")
