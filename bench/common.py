@@ -90,3 +90,79 @@ def print_table(title: str, rows: list[tuple[str, Any]]) -> None:
     for key, value in rows:
         shown = f"{value:,.3f}" if isinstance(value, float) else str(value)
         print(f"  {key:<{width}}  {shown}")
+
+
+# -- the pieces the service benchmarks (bench.signals, bench.core, bench.pnl) share ----------------
+
+
+async def wait_running(client: Any, proc: Any, service: str, group_stream: str | None = None,
+                       timeout_s: float = 60.0) -> None:
+    """Until ``service``'s heartbeat says running and active (and its group exists on
+    ``group_stream``); RuntimeError with its stderr if the process exits first."""
+    import asyncio
+    import time
+
+    from tradestack import streams
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{service} exited: {proc.stderr.read().decode() if proc.stderr else ''}")
+        raw = await client.get(streams.heartbeat(service))
+        if raw and b'"running"' in raw and b'"active"' in raw:
+            if group_stream is None:
+                return
+            try:
+                if await client.xinfo_groups(group_stream):
+                    return
+            except Exception:  # noqa: BLE001 - the stream does not exist yet
+                pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{service} did not start in {timeout_s:.0f} s")
+        await asyncio.sleep(0.05)
+
+
+async def group_done(client: Any, stream: str, group: str, last_id: bytes) -> bool:
+    """``group`` has read up to ``last_id`` on ``stream`` and has nothing pending."""
+    for g in await client.xinfo_groups(stream):
+        if g["name"] == group.encode():
+            return bool(g["last-delivered-id"] == last_id and int(g["pending"]) == 0)
+    return False
+
+
+async def push(client: Any, stream: str, fields: list[Any]) -> bytes:
+    """XADD every entry, 1000 a pipeline; the last entry id."""
+    last = b""
+    for i in range(0, len(fields), 1000):
+        pipe = client.pipeline(transaction=False)
+        for f in fields[i:i + 1000]:
+            pipe.xadd(stream, f)
+        last = (await pipe.execute())[-1]
+    return last
+
+
+async def read_latencies(url: str, stream: str, sent: dict[str, float], count: int, got: list[float]) -> None:
+    """Block on ``stream`` from now on; for each entry whose trace id is in ``sent`` (its send time,
+    perf_counter), append the ms until it was seen to ``got``; return after ``count`` or 3 s of nothing."""
+    import time
+
+    import redis.asyncio as aioredis
+
+    from tradestack.messages import decode
+
+    reader = aioredis.Redis.from_url(url)
+    last = "$"
+    try:
+        while len(got) < count:
+            resp = await reader.xread({stream: last}, block=3000, count=100)
+            now = time.perf_counter()
+            if not resp:
+                return
+            for _, entries in resp:
+                for entry_id, fields in entries:
+                    last = entry_id
+                    trace = decode(fields).trace.id
+                    if trace in sent:
+                        got.append((now - sent[trace]) * 1000)
+    finally:
+        await reader.aclose()

@@ -29,7 +29,17 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 
-from bench.common import bench_redis, machine, percentile, print_table, write_result
+from bench.common import (
+    bench_redis,
+    group_done,
+    machine,
+    percentile,
+    print_table,
+    push,
+    read_latencies,
+    wait_running,
+    write_result,
+)
 from bench.loop import make_messages, stop_service, throughput
 from tradestack import streams
 from tradestack.embedded_redis import free_port
@@ -74,23 +84,6 @@ async def reset(client: aioredis.Redis, markets: list[str]) -> None:
     await client.set(streams.MARKETS, orjson.dumps({"fetched_ms": T0, "markets": market_rules(markets)}))
 
 
-async def wait_ready(client: aioredis.Redis, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 60
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"core exited: {proc.stderr.read().decode() if proc.stderr else ''}")
-        raw = await client.get(streams.heartbeat(GROUP))
-        if raw and b'"running"' in raw and b'"active"' in raw:
-            try:
-                if await client.xinfo_groups(streams.SIGNALS_BASELINE):
-                    return
-            except aioredis.ResponseError:
-                pass
-        if time.monotonic() > deadline:
-            raise RuntimeError("the core did not start in 60 s")
-        await asyncio.sleep(0.05)
-
-
 async def warm_up(client: aioredis.Redis, markets: list[str]) -> None:
     """One signal through the core and its decision seen: the loop is reading, so the measurement
     does not include the first read after start."""
@@ -102,29 +95,17 @@ async def warm_up(client: aioredis.Redis, markets: list[str]) -> None:
         await asyncio.sleep(0.01)
 
 
-async def group_done(client: aioredis.Redis, last_id: bytes) -> bool:
-    for g in await client.xinfo_groups(streams.SIGNALS_BASELINE):
-        if g["name"] == GROUP.encode():
-            return g["last-delivered-id"] == last_id and int(g["pending"]) == 0
-    return False
-
-
 async def decide_throughput(client: aioredis.Redis, url: str, n: int, markets: list[str]) -> tuple[float, int, int]:
     await reset(client, markets)
     await client.xgroup_create(streams.SIGNALS_BASELINE, GROUP, id="0", mkstream=True)
     proc = start_core(url)  # the default chain: every guard on
     try:
-        await wait_ready(client, proc)
+        await wait_running(client, proc, GROUP, streams.SIGNALS_BASELINE)
         await warm_up(client, markets)
         msgs = [encode(signal(m, i, "tp")) for i in range(n // len(markets)) for m in markets]
         started = time.perf_counter()
-        last = b""
-        for i in range(0, len(msgs), 1000):
-            pipe = client.pipeline(transaction=False)
-            for f in msgs[i:i + 1000]:
-                pipe.xadd(streams.SIGNALS_BASELINE, f)  # type: ignore[arg-type]
-            last = (await pipe.execute())[-1]
-        while not await group_done(client, last):
+        last = await push(client, streams.SIGNALS_BASELINE, msgs)
+        while not await group_done(client, streams.SIGNALS_BASELINE, GROUP, last):
             if proc.poll() is not None:
                 raise RuntimeError("core exited")
             await asyncio.sleep(0.005)
@@ -169,29 +150,12 @@ async def intent_latency(client: aioredis.Redis, url: str, count: int, rate: int
     sent: dict[str, float] = {}
     got: list[float] = []
     try:
-        await wait_ready(client, proc)
+        await wait_running(client, proc, GROUP, streams.SIGNALS_BASELINE)
         await warm_up(client, markets)
-        reader = aioredis.Redis.from_url(url)
-
-        async def read() -> None:
-            last = "$"
-            while len(got) < count:
-                resp = await reader.xread({streams.ORDERS_SHADOW: last}, block=3000, count=100)
-                now = time.perf_counter()
-                if not resp:
-                    return
-                for _, entries in resp:
-                    for entry_id, fields in entries:
-                        last = entry_id
-                        trace = decode(fields).trace.id
-                        if trace in sent:
-                            got.append((now - sent[trace]) * 1000)
-
-        task = asyncio.create_task(read())
+        task = asyncio.create_task(read_latencies(url, streams.ORDERS_SHADOW, sent, count, got))
         await asyncio.sleep(0.2)  # let the reader block before the first signal (pacing, not sync)
         await paced(client, count, rate, markets, "lat", sent)
         await asyncio.wait_for(task, timeout=30)
-        await reader.aclose()
     finally:
         stop_service(proc)
     return got
@@ -201,14 +165,14 @@ async def kill_latency(client: aioredis.Redis, url: str, count: int, rate: int, 
     await reset(client, markets)
     proc = start_core(url, OPEN_CHAIN)
     try:
-        await wait_ready(client, proc)
+        await wait_running(client, proc, GROUP, streams.SIGNALS_BASELINE)
         await warm_up(client, markets)
         kill_ms = await paced(client, count, rate, markets, "kill", {}, kill_at=count // 2)
         assert kill_ms is not None
         # the core has decided every signal once its group has read the last and has nothing pending
         last = (await client.xrevrange(streams.SIGNALS_BASELINE, count=1))[0][0]
         deadline = time.monotonic() + 30
-        while not await group_done(client, last):
+        while not await group_done(client, streams.SIGNALS_BASELINE, GROUP, last):
             if time.monotonic() > deadline:
                 raise RuntimeError("the core did not finish the storm in 30 s")
             await asyncio.sleep(0.01)

@@ -29,12 +29,22 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 
-from bench.common import bench_redis, machine, percentile, print_table, write_result
+from bench.common import (
+    bench_redis,
+    group_done,
+    machine,
+    percentile,
+    print_table,
+    push,
+    read_latencies,
+    wait_running,
+    write_result,
+)
 from bench.core import market_rules
 from bench.loop import make_messages, stop_service, throughput
 from tradestack import streams
 from tradestack.embedded_redis import free_port
-from tradestack.messages import BookTopUpdated, OrderExecuted, Trace, decode, derive_id, encode
+from tradestack.messages import BookTopUpdated, OrderExecuted, Trace, derive_id, encode
 
 GROUP = "trader_pnl_orchestrator"
 T0 = 1_700_000_000_000
@@ -77,38 +87,8 @@ async def reset(client: aioredis.Redis, markets: list[str]) -> None:
     await client.set(streams.MARKETS, orjson.dumps({"fetched_ms": T0, "markets": market_rules(markets)}))
 
 
-async def wait_ready(client: aioredis.Redis, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 60
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"PnL exited: {proc.stderr.read().decode() if proc.stderr else ''}")
-        raw = await client.get(streams.heartbeat(GROUP))
-        if raw and b'"running"' in raw and b'"active"' in raw:
-            return
-        if time.monotonic() > deadline:
-            raise RuntimeError("the PnL did not start in 60 s")
-        await asyncio.sleep(0.05)
-
-
-async def group_done(client: aioredis.Redis, stream: str, last_id: bytes) -> bool:
-    for g in await client.xinfo_groups(stream):
-        if g["name"] == GROUP.encode():
-            return g["last-delivered-id"] == last_id and int(g["pending"]) == 0
-    return False
-
-
-async def push(client: aioredis.Redis, stream: str, fields: list[Any]) -> bytes:
-    last = b""
-    for i in range(0, len(fields), 1000):
-        pipe = client.pipeline(transaction=False)
-        for f in fields[i:i + 1000]:
-            pipe.xadd(stream, f)
-        last = (await pipe.execute())[-1]
-    return last
-
-
 async def until_done(client: aioredis.Redis, proc: subprocess.Popen[bytes], stream: str, last: bytes) -> None:
-    while not await group_done(client, stream, last):
+    while not await group_done(client, stream, GROUP, last):
         if proc.poll() is not None:
             raise RuntimeError(f"PnL exited: {proc.stderr.read().decode()[-2000:] if proc.stderr else ''}")
         await asyncio.sleep(0.005)
@@ -119,7 +99,7 @@ async def booking_and_marks(client: aioredis.Redis, url: str, n: int, markets: l
     await reset(client, markets)
     proc = start_pnl(url)
     try:
-        await wait_ready(client, proc)
+        await wait_running(client, proc, GROUP)
         msgs = [encode(report(m, i, "tp")) for i in range(n // len(markets)) for m in markets]
         started = time.perf_counter()
         last = await push(client, streams.ORDERS_EXECUTED, msgs)
@@ -142,24 +122,8 @@ async def latency(client: aioredis.Redis, url: str, count: int, rate: int, marke
     sent: dict[str, float] = {}
     got: list[float] = []
     try:
-        await wait_ready(client, proc)
-        reader = aioredis.Redis.from_url(url)
-
-        async def read() -> None:
-            last = "$"
-            while len(got) < count:
-                resp = await reader.xread({streams.PNL_SNAPSHOTS: last}, block=3000, count=100)
-                now = time.perf_counter()
-                if not resp:
-                    return
-                for _, entries in resp:
-                    for entry_id, fields in entries:
-                        last = entry_id
-                        trace = decode(fields).trace.id
-                        if trace in sent:
-                            got.append((now - sent[trace]) * 1000)
-
-        task = asyncio.create_task(read())
+        await wait_running(client, proc, GROUP)
+        task = asyncio.create_task(read_latencies(url, streams.PNL_SNAPSHOTS, sent, count, got))
         await asyncio.sleep(0.2)  # let the reader block before the first report (pacing, not sync)
         interval = 1.0 / rate
         start = time.perf_counter()
@@ -171,7 +135,6 @@ async def latency(client: aioredis.Redis, url: str, count: int, rate: int, marke
             sent[msg.trace.id] = time.perf_counter()
             await client.xadd(streams.ORDERS_EXECUTED, encode(msg))  # type: ignore[arg-type]
         await asyncio.wait_for(task, timeout=30)
-        await reader.aclose()
     finally:
         stop_service(proc)
     return got

@@ -25,11 +25,21 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from bench.common import bench_redis, machine, percentile, print_table, write_result
+from bench.common import (
+    bench_redis,
+    group_done,
+    machine,
+    percentile,
+    print_table,
+    push,
+    read_latencies,
+    wait_running,
+    write_result,
+)
 from bench.loop import make_messages, stop_service, throughput
 from tradestack import streams
 from tradestack.embedded_redis import free_port
-from tradestack.messages import BookTopUpdated, CandleUpdated, Trace, decode, derive_id, encode
+from tradestack.messages import BookTopUpdated, CandleUpdated, Trace, derive_id, encode
 
 GROUP = "trader_signal_engine"
 T0 = 1_700_000_000_000 - 1_700_000_000_000 % 60_000
@@ -73,40 +83,15 @@ async def reset(client: aioredis.Redis, markets: list[str]) -> None:
         await client.xadd(streams.BOOK, encode(book(m, 100.0 + i)))  # type: ignore[arg-type]
 
 
-async def wait_ready(client: aioredis.Redis, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 60
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"engine exited: {proc.stderr.read().decode() if proc.stderr else ''}")
-        raw = await client.get(streams.heartbeat(GROUP))
-        if raw and b'"running"' in raw:
-            return
-        if time.monotonic() > deadline:
-            raise RuntimeError("the engine did not start in 60 s")
-        await asyncio.sleep(0.05)
-
-
-async def group_done(client: aioredis.Redis, last_id: bytes) -> bool:
-    for g in await client.xinfo_groups(streams.candles("1m")):
-        if g["name"] == GROUP.encode():
-            return g["last-delivered-id"] == last_id and int(g["pending"]) == 0
-    return False
-
-
 async def candle_throughput(client: aioredis.Redis, url: str, n: int, markets: list[str]) -> tuple[float, int]:
     await reset(client, markets)
     proc = start_engine(url, eager=False)
     try:
-        await wait_ready(client, proc)
+        await wait_running(client, proc, GROUP)
         msgs = [encode(candle(m, i, 100.0 + k)) for i in range(n // len(markets)) for k, m in enumerate(markets)]
         started = time.perf_counter()
-        last = b""
-        for i in range(0, len(msgs), 1000):
-            pipe = client.pipeline(transaction=False)
-            for f in msgs[i:i + 1000]:
-                pipe.xadd(streams.candles("1m"), f)  # type: ignore[arg-type]
-            last = (await pipe.execute())[-1]
-        while not await group_done(client, last):
+        last = await push(client, streams.candles("1m"), msgs)
+        while not await group_done(client, streams.candles("1m"), GROUP, last):
             if proc.poll() is not None:
                 raise RuntimeError("engine exited")
             await asyncio.sleep(0.005)
@@ -123,24 +108,8 @@ async def latency(client: aioredis.Redis, url: str, count: int, rate: int, marke
     sent: dict[str, float] = {}
     got: list[float] = []
     try:
-        await wait_ready(client, proc)
-        reader = aioredis.Redis.from_url(url)
-
-        async def read() -> None:
-            last = "$"
-            while True:
-                resp = await reader.xread({streams.SIGNALS_BASELINE: last}, block=2000, count=100)
-                now = time.perf_counter()
-                if not resp:
-                    return
-                for _, entries in resp:
-                    for entry_id, fields in entries:
-                        last = entry_id
-                        trace = decode(fields).trace.id
-                        if trace in sent:
-                            got.append((now - sent[trace]) * 1000)
-
-        task = asyncio.create_task(read())
+        await wait_running(client, proc, GROUP)
+        task = asyncio.create_task(read_latencies(url, streams.SIGNALS_BASELINE, sent, count, got))
         await asyncio.sleep(0.2)  # let the reader block before the first candle (pacing, not sync)
         interval = 1.0 / rate
         start = time.perf_counter()
@@ -155,7 +124,6 @@ async def latency(client: aioredis.Redis, url: str, count: int, rate: int, marke
                 sent[msg.trace.id] = time.perf_counter()
                 await client.xadd(streams.candles("1m"), encode(msg))  # type: ignore[arg-type]
         await asyncio.wait_for(task, timeout=30)
-        await reader.aclose()
     finally:
         stop_service(proc)
     return got
