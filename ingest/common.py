@@ -16,6 +16,7 @@ from tradestack.bitvavo.rest import BitvavoRest
 from tradestack.bitvavo.ws import BitvavoWs
 from tradestack.config import CommonSettings, CsvList
 from tradestack.logs import get_logger
+from tradestack.ratelimit import shared_budget
 from tradestack.service import Service
 from tradestack.storage import ParquetSink
 
@@ -68,7 +69,7 @@ def wire(service: Service[SettingsT], make_feed: FeedFactory) -> Feed:
     emitter = Emitter(service.redis, sink, maxlen=s.stream_maxlen, max_pending=s.emit_max_pending, metrics=metrics,
                       on_redis=lambda ok: service.report_health("redis_write", ok))
     rest = BitvavoRest(s.bitvavo_rest_url, points_per_min=s.rest_points_per_min, reserve=s.rest_reserve_points,
-                       clock=service.clock,
+                       clock=service.clock, shared=shared_budget(service.redis, s, service.clock),
                        on_request=lambda ep, outcome: metrics.rest.labels(endpoint=ep, outcome=outcome).inc())
     feed = make_feed(src=service.name, emitter=emitter, metrics=metrics, clock=service.clock, rest=rest)
 

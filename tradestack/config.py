@@ -75,6 +75,11 @@ class CommonSettings(BaseSettings):
     bitvavo_ws_url: str = BITVAVO_WS_URL
     enable_live_trading: bool = False
     live_allowed_markets: CsvList = Field(default_factory=list)
+    # Bitvavo's rate limit (1000 points/min per key, per IP unsigned), one budget per key and per IP shared
+    # in Redis by every process (tradestack/ratelimit.py): at most this many points a minute, of which the
+    # last RESERVE only protective orders (stops, exits, emergency closes) may spend.
+    ratelimit_limit_points: int = Field(900, ge=1, le=1000)
+    ratelimit_protective_reserve_points: int = Field(200, ge=0, le=999)
 
     @field_validator("log_level")
     @classmethod

@@ -9,7 +9,11 @@ when signed), shared by every process on the host and by WS. Two guards:
   several processes fit), checked before every request; one per process, public and private alike;
 - the exchange's headers: ``bitvavo-ratelimit-remaining`` below ``reserve`` waits until
   ``bitvavo-ratelimit-resetat``; a 429/105 ban waits until the time in its message, then retries
-  (for any method: a banned request was refused before it ran).
+  (for any method: a banned request was refused before it ran);
+- with ``shared`` (``tradestack.ratelimit.SharedRateBudget``): the budget of the key (signed) or the
+  IP (public) that every process on the host spends together, in Redis, fed by the same headers and
+  bans; requests made under ``ratelimit.protective()`` may spend the reserve kept for protective
+  orders.
 
 GETs are idempotent: 5xx and timeouts retry with capped backoff. POST/PUT/DELETE are not retried on
 a timeout, connection error or 5xx: the outcome is unknown, and ``RestUnavailable`` says so.
@@ -33,6 +37,7 @@ from tradestack.bitvavo.auth import Credentials
 from tradestack.clock import SYSTEM_CLOCK, Clock
 from tradestack.errors import TradestackError, TransientError
 from tradestack.logs import get_logger
+from tradestack.ratelimit import PRIORITY, Priority, SharedRateBudget, ip_scope, key_scope
 
 log = get_logger(__name__)
 
@@ -97,11 +102,13 @@ class RateBudget:
         self.reset_at_ms: int | None = None
         self.banned_until_ms: int = 0
 
-    def delay(self, weight: int, now_s: float, now_ms: int) -> float:
-        """Seconds to wait before spending ``weight`` now (0 = go)."""
+    def delay(self, weight: int, now_s: float, now_ms: int, reserve: int | None = None) -> float:
+        """Seconds to wait before spending ``weight`` now (0 = go); ``reserve`` overrides the points
+        kept back from the exchange's remaining (0 for protective orders)."""
         if self.banned_until_ms > now_ms:
             return (self.banned_until_ms - now_ms) / 1000 + 0.05
-        if self.remaining is not None and self.remaining - weight < self.reserve and self.reset_at_ms:
+        keep = self.reserve if reserve is None else reserve
+        if self.remaining is not None and self.remaining - weight < keep and self.reset_at_ms:
             if self.reset_at_ms > now_ms:
                 return (self.reset_at_ms - now_ms) / 1000 + 0.05
             self.remaining = None  # the window has reset
@@ -148,8 +155,11 @@ class BitvavoRest:
     def __init__(self, base_url: str, session: aiohttp.ClientSession | None = None, *,
                  points_per_min: int = 300, reserve: int = 100, timeout_s: float = 10.0, max_attempts: int = 5,
                  clock: Clock = SYSTEM_CLOCK, sleep: Sleep = asyncio.sleep,
-                 on_request: Callable[[str, str], None] | None = None) -> None:
+                 on_request: Callable[[str, str], None] | None = None,
+                 shared: SharedRateBudget | None = None) -> None:
         self.base_url = base_url.rstrip("/")
+        self.shared = shared
+        self.ip_scope = ip_scope(URL(self.base_url).host or "unknown")
         self._session = session
         self._own_session = session is None
         self.budget = RateBudget(points_per_min, reserve)
@@ -187,13 +197,17 @@ class BitvavoRest:
         url = URL(self.base_url + path_qs, encoded=True)  # the bytes we signed are the bytes sent
         body_text = json.dumps(body, separators=(",", ":")) if body is not None else ""
         idempotent = method in IDEMPOTENT
+        scope = key_scope(credentials.key) if credentials is not None else self.ip_scope
         backoff = Backoff(0.2, 10.0)
         attempt = 0
         while True:
             attempt += 1
             async with self._lock:
+                keep = 0 if PRIORITY.get() == "protective" else None
                 while True:
-                    wait = self.budget.delay(weight, self.clock.monotonic(), self.clock.now_ms())
+                    wait = self.budget.delay(weight, self.clock.monotonic(), self.clock.now_ms(), keep)
+                    if wait <= 0 and self.shared is not None:
+                        wait = await self.shared.acquire(scope, weight) or 0.0  # None: Redis away, ours only
                     if wait <= 0:
                         break
                     log.info("rest_budget_wait", endpoint=endpoint, wait_s=round(wait, 3))
@@ -208,6 +222,7 @@ class BitvavoRest:
                         raw = await resp.read()
                         self.budget.observe(resp.headers)
                         status = resp.status
+                        resp_headers = resp.headers
                 except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
                     error = f"{type(exc).__name__}: {exc}"
                     if not idempotent:
@@ -222,6 +237,8 @@ class BitvavoRest:
             if status == -1:
                 await self.sleep(backoff.next_delay())
                 continue
+            if self.shared is not None:
+                await self.shared.observe(scope, resp_headers)
             try:
                 data = orjson.loads(raw) if raw else None
             except orjson.JSONDecodeError:
@@ -234,6 +251,8 @@ class BitvavoRest:
             if status == 429 or code == 105:
                 # Refused before it ran, whatever the method: wait out the ban, then send it again.
                 self.budget.banned(message, self.clock.now_ms())
+                if self.shared is not None:
+                    await self.shared.banned(scope, self.budget.banned_until_ms)
                 self._count(endpoint, "banned")
                 log.error("rest_rate_limited", endpoint=endpoint, error=message,
                           banned_until=self.budget.banned_until_ms)
@@ -250,6 +269,25 @@ class BitvavoRest:
                 continue
             self._count(endpoint, "error")
             raise rest_error(status, code, message)
+
+    async def wait_for_budget(self, weight: int = 1, *, credentials: Credentials | None = None,
+                              priority: Priority | None = None) -> float:
+        """Wait, without spending and without holding the request lock, until a request of
+        ``weight`` at ``priority`` would be granted; the seconds waited. The executor waits here
+        before it starts an entry, so a short budget delays entries and never the protective orders
+        of the same process."""
+        waited = 0.0
+        scope = key_scope(credentials.key) if credentials is not None else self.ip_scope
+        priority = priority or PRIORITY.get()
+        while True:
+            wait = self.budget.delay(weight, self.clock.monotonic(), self.clock.now_ms(),
+                                     0 if priority == "protective" else None)
+            if wait <= 0 and self.shared is not None:
+                wait = await self.shared.acquire(scope, weight, priority, spend=False) or 0.0
+            if wait <= 0:
+                return waited
+            await self.sleep(wait)
+            waited += wait
 
     def _count(self, endpoint: str, outcome: str) -> None:
         if self.on_request is not None:

@@ -20,7 +20,8 @@ sent just before a crash (before its report was committed) is found and adopted,
 from __future__ import annotations
 
 import asyncio
-from collections import deque
+from collections import Counter, deque
+from contextlib import nullcontext
 from decimal import Decimal
 from typing import Any, cast
 
@@ -40,6 +41,7 @@ from services.trader_executor.app.manager import (
     Step,
 )
 from services.trader_executor.app.paper import PaperBroker
+from services.trader_executor.app.timing import IntentTimer
 from tradestack import streams
 from tradestack.bitvavo.orders import OrderState
 from tradestack.bitvavo.parse import ParseError
@@ -51,8 +53,18 @@ from tradestack.config import CommonSettings
 from tradestack.effects import Effect, Output, SetKey
 from tradestack.errors import PoisonMessage
 from tradestack.logs import get_logger
-from tradestack.messages import BookTopUpdated, EntryIntent, ExitIntent, Message, Mode, OrderExecuted, StopAmendIntent
+from tradestack.messages import (
+    BookTopUpdated,
+    EntryIntent,
+    ExitIntent,
+    Message,
+    Mode,
+    OrderExecuted,
+    StopAmendIntent,
+    TradingEvent,
+)
 from tradestack.metrics import ServiceMetrics
+from tradestack.ratelimit import protective, shared_budget
 from tradestack.rebuild import Rebuild, fold_history
 from tradestack.service import Service, run_service
 
@@ -65,6 +77,9 @@ WRITES = [streams.ORDERS_EXECUTED, streams.TRADING_EVENTS]
 KEYS = [streams.KILL, streams.KILL_REASON]
 PAPER_STATE = "executor:paper"  # the paper account (balances, resting orders), written before each commit
 MAX_COMMANDS = 64  # per input: a bug that loops never hammers the exchange
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+MAX_TIMED_INTENTS = 10_000  # intents waiting for an ack/fill/stop to be timed (oldest forgotten first)
+FINAL = frozenset({"filled", "canceled", "expired", "rejected"})
 # Critical events that do not stop new risk: an order on the account we did not place is alerted and left
 # alone (it may be a person's); everything else critical (a stop that cannot be placed, an emergency
 # close that failed, coins sold twice, an order gone missing) sets trading:kill.
@@ -111,6 +126,27 @@ class Metrics(ServiceMetrics):
         self.halted = self.gauge("halted_positions", "Positions the executor stopped acting on (critical)", [])
         self.account_ws = self.gauge("account_ws_up", "1 while the account socket is up (paper: always 1)", [])
         self.command_seconds = self.histogram("command_seconds", "Broker call time, by kind", ["kind"])
+        self.orders = self.hot_counter("orders_total", "Orders sent (Place), by purpose, type and outcome "
+                                       "(ok, rejected, unknown, not_found)", ["purpose", "order_type", "outcome"])
+        self.rejects = self.hot_counter("rejects_total", "Exchange refusals, by purpose and Bitvavo errorCode",
+                                        ["purpose", "code"])
+        self.intent_ack = self.histogram("intent_ack_seconds", "Intent made (its ts) to the order acknowledged by "
+                                         "the exchange, by purpose", ["purpose"], buckets=LATENCY_BUCKETS)
+        self.intent_fill = self.histogram("intent_fill_seconds", "Intent made to the order filled, by purpose",
+                                          ["purpose"], buckets=LATENCY_BUCKETS)
+        self.intent_stop = self.histogram("intent_stop_seconds", "Entry intent made to its protective stop resting "
+                                          "on the exchange", [], buckets=LATENCY_BUCKETS)
+        self.ratelimit_remaining = self.gauge("ratelimit_remaining_points", "Rate-limit points left this minute "
+                                              "(shared budget, the lower of ours and the exchange's)", ["scope"])
+        self.ratelimit_bans = self.counter("ratelimit_bans_total", "105 bans seen (every process waits them out)",
+                                           ["scope"])
+        self.ratelimit_waits = self.counter("ratelimit_waits_total", "Times a request waited for the shared "
+                                            "rate-limit budget, by priority (normal, protective)", ["priority"])
+        self.reconciliation = self.hot_counter("reconciliation_total", "Reconciliation findings, by case (resumed, "
+                                               "adopted, orphan, closed_while_down, protected, clean)", ["case"])
+        self.unprotected_seconds = self.gauge("unprotected_seconds", "Longest time a position with coins held has "
+                                              "been without a resting stop (0: none)", [])
+        self.mode = self.gauge("mode", "1 for the mode orders are made in (paper, sandbox, live)", ["mode"])
 
 
 def _kind(cmd: Command) -> str:
@@ -129,6 +165,11 @@ def setup(service: Service[Settings]) -> None:
     pending: list[Effect] = []  # reports and events made outside a handler, committed by a timer
     holder: dict[str, Any] = {"ws_up": mode == "paper", "last_poll": 0.0}
     wake = asyncio.Event()  # the account socket (re)connected or said something: poll now
+    budget = shared_budget(service.redis, s, service.clock)  # the key's and the IP's, shared in Redis
+    timer = IntentTimer(MAX_TIMED_INTENTS)
+    unprotected_since: dict[str, int] = {}  # position id → when it was first seen held without a stop
+    exported: Counter[tuple[str, str]] = Counter()  # the budget's counts already added to the metrics
+    metrics.mode.labels(mode=mode).set(1)
 
     def manager() -> OrderManager:
         return cast(OrderManager, holder["manager"])
@@ -144,6 +185,13 @@ def setup(service: Service[Settings]) -> None:
             return True
 
     async def execute(cmd: Command) -> Step:
+        # Everything but an entry protects a position (a stop, an exit, a cancel or a lookup that tells
+        # what we hold): it may spend the rate-limit reserve entries must leave.
+        entry = isinstance(cmd, Place) and cmd.purpose == "entry"
+        with nullcontext() if entry else protective():
+            return await execute_call(cmd)
+
+    async def execute_call(cmd: Command) -> Step:
         m = manager()
         b = broker()
         now = service.clock.now_ms()
@@ -157,6 +205,7 @@ def setup(service: Service[Settings]) -> None:
                                 status=existing.status, purpose=cmd.purpose)
                 state: OrderState | None = existing if existing is not None else await b.place(cmd.request)
                 assert state is not None
+                metrics.orders.inc((cmd.purpose, cmd.request.order_type, "ok"))
                 step = m.on_order(state, now)
             elif isinstance(cmd, Cancel):
                 state = await b.cancel(cmd.market, cmd.client_order_id)
@@ -171,22 +220,31 @@ def setup(service: Service[Settings]) -> None:
             metrics.commands.inc((kind, "ok"))
         except OrderNotFound as exc:
             metrics.commands.inc((kind, "not_found"))
+            count_order(cmd, "not_found")
             step = m.on_failed(cmd, Failure("not_found", exc.error_code, str(exc)), now)
         except RestUnavailable as exc:  # before RestError: the outcome is unknown
             metrics.commands.inc((kind, "unknown"))
+            count_order(cmd, "unknown")
             log.warning("order_outcome_unknown", command=kind, client_order_id=cmd.client_order_id, error=str(exc))
             step = m.on_failed(cmd, Failure("unknown", exc.error_code, str(exc)), now)
         except RestError as exc:
             metrics.commands.inc((kind, "rejected"))
+            count_order(cmd, "rejected")
+            metrics.rejects.inc((cmd.purpose if isinstance(cmd, Place) else kind, str(exc.error_code)))
             log.warning("order_rejected", command=kind, client_order_id=cmd.client_order_id, error=str(exc))
             step = m.on_failed(cmd, Failure("rejected", exc.error_code, str(exc)), now)
         except (OSError, TimeoutError, ParseError) as exc:
             metrics.commands.inc((kind, "unknown"))
+            count_order(cmd, "unknown")
             log.warning("order_outcome_unknown", command=kind, client_order_id=cmd.client_order_id,
                         error=f"{type(exc).__name__}: {exc}")
             step = m.on_failed(cmd, Failure("unknown", None, f"{type(exc).__name__}: {exc}"), now)
         metrics.command_seconds.labels(kind=kind).observe(asyncio.get_running_loop().time() - started)
         return step
+
+    def count_order(cmd: Command, outcome: str) -> None:
+        if isinstance(cmd, Place):
+            metrics.orders.inc((cmd.purpose, cmd.request.order_type, outcome))
 
     async def drive(first: Step) -> list[Effect]:
         """Carry out a step's commands and everything they lead to; the reports and events made."""
@@ -196,9 +254,16 @@ def setup(service: Service[Settings]) -> None:
         repeats: dict[Command, int] = {}
         while steps:
             step = steps.popleft()
+            now = service.clock.now_ms()
             for report in step.reports:
                 out.append(Output(streams.ORDERS_EXECUTED, report))
                 metrics.reports.inc((report.purpose, report.status))
+                for lat in timer.report(report, now):
+                    if lat.measure == "stop":
+                        metrics.intent_stop.observe(lat.seconds)
+                    else:
+                        (metrics.intent_ack if lat.measure == "ack" else metrics.intent_fill).labels(
+                            purpose=lat.purpose).observe(lat.seconds)
             for event in step.events:
                 out.append(Output(streams.TRADING_EVENTS, event))
                 metrics.events.inc((event.kind, event.severity))
@@ -240,15 +305,40 @@ def setup(service: Service[Settings]) -> None:
             else:
                 paper = PaperBroker(catalog, balances={"EUR": s.paper_eur}, maker_fee=s.paper_maker_fee,
                                     taker_fee=s.paper_taker_fee, slippage_bps=s.paper_slippage_bps)
-            adapter = PaperBrokerAdapter(paper, service.clock, BitvavoRest(s.bitvavo_rest_url, max_attempts=2),
+            adapter = PaperBrokerAdapter(paper, service.clock, BitvavoRest(s.bitvavo_rest_url, max_attempts=2,
+                                                                           clock=service.clock, shared=budget),
                                          max_book_age_ms=s.paper_book_max_age_ms, depth=s.paper_depth)
             holder["paper"] = adapter
             return adapter
         assert s.bitvavo_api_key is not None and s.bitvavo_api_secret is not None
         assert s.bitvavo_operator_id is not None
-        private = BitvavoPrivate(BitvavoRest(s.bitvavo_rest_url), s.bitvavo_api_key.get_secret_value(),
-                                 s.bitvavo_api_secret.get_secret_value(), s.bitvavo_operator_id)
+        private = BitvavoPrivate(BitvavoRest(s.bitvavo_rest_url, clock=service.clock, shared=budget),
+                                 s.bitvavo_api_key.get_secret_value(), s.bitvavo_api_secret.get_secret_value(),
+                                 s.bitvavo_operator_id)
+        holder["private"] = private
         return RealBroker(private)
+
+    def count_reconciliation(effects: list[Effect], resumed: int, at_start: bool) -> None:
+        """Reconciliation findings by case (issue 12 item 9), from what a pass made: ours on both sides
+        (resumed), placed by us but never reported (adopted), not ours (orphan), closed while we did not
+        watch (a final report), a position found without a stop (protected), nothing at all (clean)."""
+        cases: Counter[str] = Counter(resumed=resumed)
+        for e in effects:
+            if not isinstance(e, Output):
+                continue
+            if isinstance(e.msg, TradingEvent):
+                case = {"orphan_order": "orphan", "order_adopted": "adopted", "stop_placed": "protected"}.get(e.msg.kind)
+                if case is not None:
+                    cases[case] += 1
+            elif isinstance(e.msg, OrderExecuted) and e.msg.status in FINAL:
+                cases["closed_while_down"] += 1
+        if at_start and not +cases:
+            cases["clean"] = 1
+        for case, n in cases.items():
+            if n > 0 and (at_start or case != "resumed"):
+                metrics.reconciliation.inc((case,), n)
+        if +cases:
+            log.info("reconciled", at_start=at_start, cases={k: v for k, v in cases.items() if v})
 
     async def start() -> None:
         catalog, _ = await load_catalog(service.redis, s.bitvavo_rest_url, service.clock)
@@ -287,15 +377,28 @@ def setup(service: Service[Settings]) -> None:
                     for state in adapter.paper.on_top(msg):
                         adapter.changed = True
                         effects += await drive(m.on_order(state, now))
-            effects += await drive(m.on_open_orders(await broker().open_orders(), now))
+            opened = await broker().open_orders()
+            ours = {o["client_order_id"] for o in m.summary()["open_orders"]}
+            resumed = sum(1 for o in opened if o.client_order_id in ours)
+            found: list[Effect] = await drive(m.on_open_orders(opened, now))
             for lookup in m.reconcile():
-                effects += await drive(await execute(lookup))
-            pending.extend(effects)
+                found += await drive(await execute(lookup))
+            count_reconciliation(found, resumed, at_start=True)
+            pending.extend(effects + found)
         log.info("executor_ready", mode=mode, positions=len(m.positions()), reports_pending=len(pending))
 
     async def handle(msg: Message, delivery: Delivery) -> list[Effect]:
         if delivery.stream == streams.ORDERS_SHADOW and isinstance(msg, (EntryIntent, ExitIntent, StopAmendIntent)):
             kill = service.kill_switch
+            private = holder.get("private")
+            if isinstance(msg, EntryIntent) and not kill and isinstance(private, BitvavoPrivate):
+                # A short rate-limit budget delays entries here, outside the lock, so the stops and exits
+                # of other positions (timers, account events) go on meanwhile. Two points: lookup + place.
+                waited = await private.rest.wait_for_budget(2, credentials=private.credentials, priority="normal")
+                if waited:
+                    log.info("entry_waited_for_budget", intent_id=msg.id, seconds=round(waited, 3))
+            if not isinstance(msg, StopAmendIntent):
+                timer.intent(msg.id, msg.ts, "entry" if isinstance(msg, EntryIntent) else "exit")
             if isinstance(msg, EntryIntent) and not kill:
                 kill = await kill_now()  # defense in depth: read again right before an entry may be sent
             async with lock:
@@ -343,6 +446,7 @@ def setup(service: Service[Settings]) -> None:
                 effects += await drive(m.on_order(state, service.clock.now_ms()))
             for lookup in m.reconcile():
                 effects += await drive(await execute(lookup))
+            count_reconciliation(effects, 0, at_start=False)
             return effects
 
     async def on_account_order(state: OrderState) -> None:
@@ -395,10 +499,26 @@ def setup(service: Service[Settings]) -> None:
     def refresh_metrics() -> list[Effect]:
         views = manager().positions().values()
         held = [v for v in views if v.held > 0]
+        bare = [v.position_id for v in held if v.stop_status not in ("new", "awaitingTrigger", "partiallyFilled")]
         metrics.positions.set(len(held))
-        metrics.unprotected.set(sum(1 for v in held if v.stop_status not in ("new", "awaitingTrigger",
-                                                                             "partiallyFilled")))
+        metrics.unprotected.set(len(bare))
         metrics.halted.set(sum(1 for v in views if v.halted))
+        now = service.clock.now_ms()
+        for pid in list(unprotected_since):
+            if pid not in bare:
+                del unprotected_since[pid]
+        for pid in bare:
+            unprotected_since.setdefault(pid, now)
+        metrics.unprotected_seconds.set(max((now - t for t in unprotected_since.values()), default=0) / 1000)
+        for scope, left in budget.remaining.items():
+            metrics.ratelimit_remaining.labels(scope=scope).set(left)
+        # The counters follow the budget's own counts (what grew since the last refresh).
+        for scope, n in budget.bans.items():
+            metrics.ratelimit_bans.labels(scope=scope).inc(n - exported[("ban", scope)])
+            exported[("ban", scope)] = n
+        for priority, n in budget.waits.items():
+            metrics.ratelimit_waits.labels(priority=priority).inc(n - exported[("wait", priority)])
+            exported[("wait", priority)] = n
         return []
 
     service.use_lease()

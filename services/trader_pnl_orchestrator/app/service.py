@@ -44,6 +44,7 @@ from tradestack.messages import (
     derive_id,
 )
 from tradestack.metrics import ServiceMetrics
+from tradestack.ratelimit import shared_budget
 from tradestack.rebuild import Rebuild, fold_history
 from tradestack.service import Service, run_service
 
@@ -104,6 +105,7 @@ def setup(service: Service[Settings]) -> None:
     assert isinstance(metrics, Metrics)
     limits = PnlLimits(max_daily_loss_pct=s.max_daily_loss_pct, max_drawdown_pct=s.max_drawdown_pct)
     holder: dict[str, Any] = {"dirty": False, "tripped": None, "last_snapshot_ms": 0}
+    budget = shared_budget(service.redis, s, service.clock)  # the key's budget, shared with the executor
 
     def book() -> PnlBook:
         return cast(PnlBook, holder["book"])
@@ -111,7 +113,8 @@ def setup(service: Service[Settings]) -> None:
     def private() -> BitvavoPrivate | None:
         if mode == "paper" or s.bitvavo_api_key is None or s.bitvavo_api_secret is None:
             return None
-        return BitvavoPrivate(BitvavoRest(s.bitvavo_rest_url), s.bitvavo_api_key.get_secret_value(),
+        return BitvavoPrivate(BitvavoRest(s.bitvavo_rest_url, clock=service.clock, shared=budget),
+                              s.bitvavo_api_key.get_secret_value(),
                               s.bitvavo_api_secret.get_secret_value(), s.bitvavo_operator_id or 0)
 
     async def start() -> None:
