@@ -355,6 +355,10 @@ class PaperBroker:
         self._books: dict[str, _Book] = {}
         self._seq = 0
         self._touched: dict[str, _Order] = {}  # orders changed by the current book, in order of change
+        # For incremental persistence (``take_changes``): orders changed or dropped since the last take.
+        self._dirty: set[str] = set()
+        self._dropped: set[str] = set()
+        self._by_client_id: dict[tuple[str, str], list[str]] = {}  # (market, clientOrderId) → order ids, oldest first
 
     # ---- market data ---------------------------------------------------------------------------
     def set_catalog(self, catalog: MarketCatalog) -> None:
@@ -455,6 +459,8 @@ class PaperBroker:
         self._reserve(order.hold_currency, hold)
         order.on_hold = hold
         self._orders[order.order_id] = order
+        self._index(order)
+        self._dirty.add(order.order_id)
         self._open.setdefault(order.market, {})[order.order_id] = order
         if is_trigger:
             if book is not None and self._hit(order, book):
@@ -530,6 +536,7 @@ class PaperBroker:
             raise
         order.on_hold = hold
         order.updated = now_ms
+        self._dirty.add(order.order_id)
         if order.status == "awaitingTrigger":
             if book is not None and self._hit(order, book):
                 self._fire(order, rules, book, now_ms)
@@ -569,16 +576,42 @@ class PaperBroker:
     def snapshot(self, *, books: bool = True) -> dict[str, Any]:
         """The whole state as JSON-able data (decimals as strings). Without ``books`` the market
         data is left out (after ``restore`` the next book must arrive before market/limit orders)."""
-        data: dict[str, Any] = {
-            "v": SNAPSHOT_VERSION, "seq": self._seq, "maker_fee": _s(self.maker_fee), "taker_fee": _s(self.taker_fee),
-            "slippage_bps": _s(self.slippage_bps), "keep_closed": self.keep_closed,
-            "balances": {asset: [_s(b[0]), _s(b[1])] for asset, b in self._bal.items()},
-            "orders": [o.to_json() for o in self._orders.values()],
-            "closed": list(self._closed),
-        }
+        data: dict[str, Any] = {**self.snapshot_head(), "orders": [o.to_json() for o in self._orders.values()]}
         if books:
             data["books"] = {market: book.to_json() for market, book in self._books.items()}
         return data
+
+    def snapshot_head(self) -> dict[str, Any]:
+        """``snapshot(books=False)`` without the orders: what changes with every order, but small."""
+        return {"v": SNAPSHOT_VERSION, "seq": self._seq, "maker_fee": _s(self.maker_fee),
+                "taker_fee": _s(self.taker_fee), "slippage_bps": _s(self.slippage_bps),
+                "keep_closed": self.keep_closed,
+                "balances": {asset: [_s(b[0]), _s(b[1])] for asset, b in self._bal.items()},
+                "closed": list(self._closed)}
+
+    def take_changes(self) -> tuple[dict[str, Any], dict[str, dict[str, Any]], list[str]]:
+        """What changed since the last take, for an incremental save: (``snapshot_head()``, the changed
+        orders' JSON by id, the ids of orders dropped). Saving the three and restoring with
+        ``restore_parts`` gives the same broker as ``snapshot(books=False)``/``restore``."""
+        changed = {oid: self._orders[oid].to_json() for oid in sorted(self._dirty) if oid in self._orders}
+        dropped = sorted(self._dropped)
+        self._dirty.clear()
+        self._dropped.clear()
+        return self.snapshot_head(), changed, dropped
+
+    def mark_all_changed(self) -> None:
+        """The next ``take_changes`` returns every order (a full rewrite)."""
+        self._dirty = set(self._orders)
+
+    @classmethod
+    def restore_parts(cls, meta: Mapping[str, Any], orders: Iterable[Mapping[str, Any]], catalog: MarketCatalog,
+                      **kw: Any) -> PaperBroker:
+        """The broker saved by ``take_changes`` (orders in any order: placement order is their seq)."""
+        try:
+            ordered = sorted(orders, key=lambda o: (int(o["created"]), int(o["seq"])))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"paper state is malformed: {exc!r}") from None
+        return cls.restore({**meta, "orders": ordered}, catalog, **kw)
 
     @classmethod
     def restore(cls, data: Mapping[str, Any], catalog: MarketCatalog, *, maker_fee: Decimal | None = None,
@@ -601,6 +634,7 @@ class PaperBroker:
             for raw in data["orders"]:
                 order = _Order.from_json(raw)
                 broker._orders[order.order_id] = order
+                broker._index(order)
                 if order.is_open:
                     broker._open.setdefault(order.market, {})[order.order_id] = order
             broker._closed = [str(oid) for oid in data["closed"] if oid in broker._orders]
@@ -673,7 +707,7 @@ class PaperBroker:
         if client_order_id is None and order_id is None:
             raise PaperOrderError(203, "orderId or clientOrderId parameter is required.")
         if client_order_id is not None:
-            same = [o for o in self._orders.values() if o.market == market and o.client_order_id == client_order_id]
+            same = [self._orders[oid] for oid in self._by_client_id.get((market, client_order_id), ())]
             for candidate in same:
                 if candidate.is_open:
                     return candidate
@@ -784,6 +818,7 @@ class PaperBroker:
         order.status = "new"
         order.updated = ts
         self._touched[order.order_id] = order
+        self._dirty.add(order.order_id)
         self._seq += 1
         order.seq = self._seq
         self._execute(order, rules, book, ts)
@@ -933,6 +968,7 @@ class PaperBroker:
             market=order.market, side=order.side, ts=ts, amount=qty, price=price, taker=taker, fee=fee,
             fee_currency=order.quote))
         self._touched[order.order_id] = order
+        self._dirty.add(order.order_id)
         if order.amount_remaining is not None and order.amount_remaining <= 0:
             self._finalize(order, "filled", ts)
         else:
@@ -944,6 +980,7 @@ class PaperBroker:
         self._release(order.hold_currency, order.on_hold)
         order.on_hold = ZERO
         self._touched[order.order_id] = order
+        self._dirty.add(order.order_id)
         opened = self._open.get(order.market)
         if opened is not None:
             opened.pop(order.order_id, None)
@@ -951,7 +988,21 @@ class PaperBroker:
                 del self._open[order.market]
         self._closed.append(order.order_id)
         while len(self._closed) > self.keep_closed:
-            self._orders.pop(self._closed.pop(0), None)
+            gone = self._orders.pop(self._closed.pop(0), None)
+            if gone is not None:
+                self._dropped.add(gone.order_id)
+                self._dirty.discard(gone.order_id)
+                if gone.client_order_id is not None:
+                    key = (gone.market, gone.client_order_id)
+                    ids = [oid for oid in self._by_client_id.get(key, ()) if oid != gone.order_id]
+                    if ids:
+                        self._by_client_id[key] = ids
+                    else:
+                        self._by_client_id.pop(key, None)
+
+    def _index(self, order: _Order) -> None:
+        if order.client_order_id is not None:
+            self._by_client_id.setdefault((order.market, order.client_order_id), []).append(order.order_id)
 
 
 __all__ = ["PaperBroker", "PaperOrderError"]

@@ -50,7 +50,7 @@ from tradestack.bitvavo.rest import BitvavoRest, OrderNotFound, RestError, RestU
 from tradestack.bus import REDIS_DOWN, Delivery
 from tradestack.catalog import load_catalog
 from tradestack.config import CommonSettings
-from tradestack.effects import Effect, Output, SetKey
+from tradestack.effects import DelKey, Effect, HashDel, HashSet, Output, SetKey
 from tradestack.errors import PoisonMessage
 from tradestack.logs import get_logger
 from tradestack.messages import (
@@ -75,7 +75,9 @@ METRICS_PREFIX = "trader_executor"
 READS = [streams.ORDERS_SHADOW]
 WRITES = [streams.ORDERS_EXECUTED, streams.TRADING_EVENTS]
 KEYS = [streams.KILL, streams.KILL_REASON]
-PAPER_STATE = "executor:paper"  # the paper account (balances, resting orders), written before each commit
+# The paper account, written in the commit of the reports its changes made: a hash with "meta" (balances,
+# fees, the sequence) and one "o:<order id>" field per order kept, so a commit writes only what changed.
+PAPER_STATE = "executor:paper"
 MAX_COMMANDS = 64  # per input: a bug that loops never hammers the exchange
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 MAX_TIMED_INTENTS = 10_000  # intents waiting for an ack/fill/stop to be timed (oldest forgotten first)
@@ -286,33 +288,60 @@ def setup(service: Service[Settings]) -> None:
                         continue
                     await asyncio.sleep(min(5.0, 0.2 * 2 ** repeats[cmd]))  # backoff before resending
                 steps.append(await execute(cmd))
-        await persist_paper()
+        return out + paper_effects()
+
+    def paper_effects() -> list[Effect]:
+        """The paper account's changes, committed in the same atomic call as the reports they made."""
+        adapter = holder.get("paper")
+        if not isinstance(adapter, PaperBrokerAdapter) or not adapter.changed:
+            return []
+        meta, changed, dropped = adapter.paper.take_changes()
+        adapter.changed = False
+        out: list[Effect] = [DelKey(PAPER_STATE)] if holder.pop("paper_rewrite", False) else []
+        out.append(HashSet(PAPER_STATE, {"meta": orjson.dumps(meta),
+                                         **{f"o:{oid}": orjson.dumps(o) for oid, o in changed.items()}}))
+        if dropped:
+            out.append(HashDel(PAPER_STATE, tuple(f"o:{oid}" for oid in dropped)))
         return out
 
-    async def persist_paper() -> None:
-        adapter = holder.get("paper")
-        if isinstance(adapter, PaperBrokerAdapter) and adapter.changed:
-            # Before the commit of the reports: a crash in between is healed by "look before you place".
-            await service.redis.set(PAPER_STATE, orjson.dumps(adapter.paper.snapshot(books=False)))
-            adapter.changed = False
+    async def load_paper(catalog: Any) -> PaperBroker | None:
+        kind = await service.redis.type(PAPER_STATE)
+        fees: dict[str, Any] = {"maker_fee": s.paper_maker_fee, "taker_fee": s.paper_taker_fee,
+                                "slippage_bps": s.paper_slippage_bps}
+        if kind in (b"string", "string"):  # the whole-JSON format of before: read it, rewrite it as a hash
+            raw = await service.redis.get(PAPER_STATE)
+            assert raw is not None
+            paper = PaperBroker.restore(orjson.loads(raw), catalog, **fees)
+            paper.mark_all_changed()
+            holder["paper_rewrite"] = True
+            return paper
+        fields = await service.redis.hgetall(PAPER_STATE)
+        if not fields:
+            return None
+        meta = orjson.loads(fields.pop(b"meta"))
+        return PaperBroker.restore_parts(meta, [orjson.loads(v) for v in fields.values()], catalog, **fees)
+
+    def rest_client(**kw: Any) -> BitvavoRest:
+        # The shared budget paces every process of the key; this process's own cap is the same limit
+        # (it only matters while Redis is away).
+        return BitvavoRest(s.bitvavo_rest_url, points_per_min=s.ratelimit_limit_points, clock=service.clock,
+                           shared=budget, **kw)
 
     async def build_broker(catalog: Any) -> Broker:
         if mode == "paper":
-            raw = await service.redis.get(PAPER_STATE)
-            if raw is not None:
-                paper = PaperBroker.restore(orjson.loads(raw), catalog, maker_fee=s.paper_maker_fee,
-                                            taker_fee=s.paper_taker_fee, slippage_bps=s.paper_slippage_bps)
+            restored = await load_paper(catalog)
+            if restored is not None:
+                paper = restored
             else:
                 paper = PaperBroker(catalog, balances={"EUR": s.paper_eur}, maker_fee=s.paper_maker_fee,
                                     taker_fee=s.paper_taker_fee, slippage_bps=s.paper_slippage_bps)
-            adapter = PaperBrokerAdapter(paper, service.clock, BitvavoRest(s.bitvavo_rest_url, max_attempts=2,
-                                                                           clock=service.clock, shared=budget),
+            adapter = PaperBrokerAdapter(paper, service.clock, rest_client(max_attempts=2),
                                          max_book_age_ms=s.paper_book_max_age_ms, depth=s.paper_depth)
             holder["paper"] = adapter
             return adapter
         assert s.bitvavo_api_key is not None and s.bitvavo_api_secret is not None
         assert s.bitvavo_operator_id is not None
-        private = BitvavoPrivate(BitvavoRest(s.bitvavo_rest_url, clock=service.clock, shared=budget),
+        private = BitvavoPrivate(rest_client(),
                                  s.bitvavo_api_key.get_secret_value(), s.bitvavo_api_secret.get_secret_value(),
                                  s.bitvavo_operator_id)
         holder["private"] = private
