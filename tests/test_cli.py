@@ -78,7 +78,7 @@ def test_up_runs_every_process_and_stops_them_all(tmp_path, redis_url: str) -> N
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err.decode()
-    assert b"stopped" in err and b"restarting" not in err
+    assert b"stopped" in err and b"restarting" not in err, err.decode()[-4000:]
     assert not (data / "stack.json").exists()
     assert sys.executable and ROOT.exists()
 

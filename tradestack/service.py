@@ -300,11 +300,13 @@ class Service(Generic[S]):
             # The watchdog says "this process is not hung": a process waiting out a Redis outage
             # is degraded, not hung, so a systemd restart would only add a restart per outage.
             _sd_notify("WATCHDOG=1")
+            # Cleared before the value is taken: a state change during the SET beats again at once
+            # instead of waiting a whole period.
+            self._beat_now.clear()
             try:
                 await self.redis.set(key, self.heartbeat_value(), ex=self.settings.heartbeat_ttl_s)
             except REDIS_DOWN:
                 pass  # the kill-switch watcher reports the outage; the key expires on its own
-            self._beat_now.clear()
             waiters = [asyncio.ensure_future(self.stop.wait()), asyncio.ensure_future(self._beat_now.wait())]
             await asyncio.wait(waiters, timeout=self.settings.heartbeat_every_s, return_when=asyncio.FIRST_COMPLETED)
             for waiter in waiters:

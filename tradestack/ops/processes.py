@@ -18,6 +18,7 @@ PROCESSES: list[tuple[str, list[str]]] = [
     ("trading_core", ["-m", "services.trading_core"]),
     ("trader_executor", ["-m", "services.trader_executor"]),
     ("trader_pnl_orchestrator", ["-m", "services.trader_pnl_orchestrator"]),
+    ("trader_notifier", ["-m", "services.trader_notifier"]),  # idles unless a Telegram bot is configured
 ]
 NAMES = [name for name, _ in PROCESSES]
 
@@ -31,6 +32,7 @@ SETTINGS = {
     "trading_core": "services.trading_core.trading_core.service:Settings",
     "trader_executor": "services.trader_executor.app.service:Settings",
     "trader_pnl_orchestrator": "services.trader_pnl_orchestrator.app.service:Settings",
+    "trader_notifier": "services.trader_notifier.app.service:Settings",
 }
 
 # systemd/ units, for the fixes preflight suggests.
@@ -43,10 +45,11 @@ UNITS = {
     "trading_core": "tradestack-trading-core",
     "trader_executor": "tradestack-executor",
     "trader_pnl_orchestrator": "tradestack-pnl-orchestrator",
+    "trader_notifier": "tradestack-notifier",
 }
 
 # Processes holding a lease (one active instance): `lease:<name>` = `<token>:<host:pid>`.
-LEASED = ["trading_core", "trader_executor", "trader_pnl_orchestrator"]
+LEASED = ["trading_core", "trader_executor", "trader_pnl_orchestrator", "trader_notifier"]
 
 STREAMS_SHOWN = [streams.TICKER24H, streams.BOOK, streams.ORDERBOOK_UPDATE, streams.candles("1m"),
                  streams.SIGNALS_BASELINE, streams.ORDERS_SIGNALS, streams.ORDERS_SHADOW, streams.ORDERS_EXECUTED,

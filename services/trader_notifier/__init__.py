@@ -1,0 +1,1 @@
+"""Notifier process: Telegram messages and commands (docs/notifier.md)."""

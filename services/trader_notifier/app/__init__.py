@@ -1,0 +1,1 @@
+"""Notifier (`python -m services.trader_notifier.app`)."""
