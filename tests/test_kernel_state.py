@@ -289,6 +289,8 @@ def test_rebuild_folds_exactly_what_the_group_has_handled(redis_url: str, rclien
         assert result.entries == 4
         everything = await fold_history(client, Rebuild(IN, lambda m, e: None))
         assert everything.entries == 10
+        with_pending = await fold_history(client, Rebuild(IN, lambda m, e: None, group="svc", include_pending=True))
+        assert with_pending.entries == 6  # 0-5: what was read, handled or not; never the unread 6-9
         since = await fold_history(client, Rebuild(IN, lambda m, e: None, since_ms=int(ids[8].split(b"-")[0])))
         assert 2 <= since.entries <= 10
         await client.aclose()

@@ -8,17 +8,13 @@ first closed candles instead of whenever the market obliges; the test ends as so
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import orjson
 import pytest
-import redis
 
-from tests.conftest import ROOT, port_is_open, wait_until
+from tests.conftest import port_is_open, wait_until
+from tests.stack_helpers import run_stack
 from tradestack import streams
 from tradestack.messages import DecisionMade, SignalEmitted, decode
 
@@ -29,29 +25,11 @@ PORTS = (9601, 9602, 9603, 9604, 9605, 9610, 9611, 9612)
 def stack(tmp_path: Path):  # type: ignore[no-untyped-def]
     if any(port_is_open(p) for p in PORTS):
         pytest.skip("a stack is already running on this machine (its metrics ports are taken)")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_", "METRICS_", "DRY_RUN", "INGEST_",
-                                                                      "BITVAVO_", "SIGNAL_", "UNIVERSE_"))}
-    env.update(PYTHONUNBUFFERED="1", LOG_LEVEL="WARNING", UNIVERSE_REFRESH_SECS="1", UNIVERSE_STALE_AFTER_MS="5000",
+    env = dict(UNIVERSE_REFRESH_SECS="1", UNIVERSE_STALE_AFTER_MS="5000",
                SIGNAL_STRATEGIES='[{"method":"momentum","fast":2,"slow":3,"trend":3}]', SIGNAL_MIN_VOL="0",
                SIGNAL_MAX_VOL="1000", SIGNAL_MAX_SPREAD_BPS="1000", SIGNAL_UNIVERSE_POLL_S="1")
-    log = open(tmp_path / "stack.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "tradestack.cli", "--data-dir", str(tmp_path / "data"), "up",
-                             "--embedded-redis"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL)
-    stack_json = tmp_path / "data" / "stack.json"
-    try:
-        wait_until(lambda: stack_json.exists() and proc.poll() is None, timeout_s=60, what="the stack to start")
-        client = redis.Redis.from_url(orjson.loads(stack_json.read_bytes())["redis_url"])
-        yield client, proc, tmp_path / "stack.log"
-        client.close()
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        log.close()
+    with run_stack(tmp_path, env=env) as running:
+        yield running.client, running.proc, running.log
 
 
 def test_stack_selects_markets_emits_signals_decides_and_fills(stack) -> None:  # type: ignore[no-untyped-def]

@@ -9,7 +9,9 @@ Where the fold stops matters. For a stream the service also consumes, the fold c
 the group has already handled: entries up to the group's last-delivered id, minus those still
 pending (the loop handles those again). The loop then reads what comes after. Nothing is counted
 twice and nothing is missed, including with a group created at ``$``: creating it first fixes the
-boundary. For a stream the service only writes (the core's own intents), the fold runs to the end.
+boundary. ``include_pending`` folds the pending entries as well, for a handler whose live path
+ignores an input it already knows (the executor's intents). For a stream the service only writes
+(the core's own intents), the fold runs to the end.
 
 Bounds: memory is one page plus the state; ``since_ms`` limits the history read (e.g. indicators
 need hours, not months); past ``timeout_s`` the start fails with one line rather than act on a
@@ -38,6 +40,10 @@ class Rebuild:
     stream: str
     fold: Fold
     group: str | None = None  # stop where this group has read (it consumes the stream); None: to the end
+    # With ``group``: fold the group's pending entries too (the loop still handles them again). For a
+    # handler that must know at once what a crash left half done (the executor: an entry sent whose
+    # report was never committed), rather than when the entry is claimed back (``claim_idle_ms``).
+    include_pending: bool = False
     since_ms: int | None = None  # read history from this time on (None: from the start)
     timeout_s: float = 120.0
     page: int = 2000
@@ -79,6 +85,8 @@ async def fold_history(redis: aioredis.Redis, rb: Rebuild) -> RebuildResult:
     skip: set[str] = set()
     if rb.group is not None:
         end, skip = await group_bound(redis, rb.stream, rb.group)
+        if rb.include_pending:
+            skip = set()
         if end == "0-0":
             return RebuildResult(rb.stream, 0, 0, time.monotonic() - started)
     start = f"{max(0, rb.since_ms)}-0" if rb.since_ms is not None else "-"

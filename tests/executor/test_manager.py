@@ -1152,6 +1152,62 @@ def test_closed_while_down_is_looked_up_and_booked() -> None:
     assert m.positions() == {}
 
 
+def test_a_poll_looks_up_our_open_orders_the_listing_no_longer_shows() -> None:
+    """The account socket is down: a stop fills and an entry fills with no event. Each poll feeds the
+    open orders to on_order, then reconcile(): what is listed is known, what left the listing is
+    looked up (acceptance: tests/test_executor_acceptance.py, the account socket down)."""
+    h = Harness()
+    e, stop = open_position(h)
+    resting = entry(1, order_type="limit", price="59000", stop="58000")
+    h.intent(resting)
+    h.do()  # the limit entry rests
+    entry_coid = entry_client_id(resting.id)
+    poll = lambda: [h.feed(h.m.on_order(o, h.ex.tick())) for o in h.ex.orders.values() if o.is_open]  # noqa: E731
+    poll()
+    assert h.m.reconcile() == []  # everything listed: nothing to ask
+    h.ex.trigger(stop)  # the stop fills, no event
+    h.ex.fill(entry_coid, D("0.01"), D("59000"))  # the entry fills, no event
+    poll()
+    lookups = h.m.reconcile()
+    assert sorted(c.client_order_id for c in lookups) == sorted([stop, entry_coid])
+    h.queue.extend(lookups)
+    h.settle()
+    assert last(h, stop).status == "filled" and last(h, entry_coid).status == "filled"
+    new_stop = stop_client_id(resting.id, 1)
+    assert last(h, new_stop).status == "awaitingTrigger"  # the filled entry got its stop
+    poll()
+    assert h.m.reconcile() == [] and list(h.m.positions()) == [resting.id]
+
+
+def test_a_command_the_service_gives_up_on_is_made_again_after_the_next_reconcile() -> None:
+    """The exchange keeps answering 107 ("overloaded, try again") to the stop: the service backs off,
+    then gives up and hands the command back (abandon). The next reconcile() asks, and the stop is
+    placed once the exchange takes it; without abandon it would count as in flight forever."""
+    h = Harness()
+    e = entry()
+    h.intent(e)
+    h.do()  # entry filled
+    place = h.take(Place)
+    assert h.do(place, outcome="reject", code=107).commands == [place]  # "try again": the same Place
+    h.queue.remove(place)
+    assert h.m.reconcile() == []  # in flight, as far as the manager knows
+    h.m.abandon(place)
+    lookups = h.m.reconcile()
+    assert lookups == [Lookup("BTC-EUR", place.client_order_id, e.id)]
+    h.queue.extend(lookups)
+    h.settle()
+    assert last(h, place.client_order_id).status == "awaitingTrigger" and h.placed.count(place.client_order_id) == 1
+    # an amend given up on: its position is woken and the amend made again
+    h.intent(amend(e.id, "59500"))
+    change = h.take(Amend)
+    h.m.abandon(change)
+    h.queue.extend(h.m.reconcile())
+    h.settle()
+    assert h.ex.orders[place.client_order_id].trigger_price == D("59500")
+    h.m.abandon(change)  # nothing in flight: nothing to do
+    assert h.m.reconcile() == []
+
+
 def test_exit_of_an_unknown_position_learned_without_report_is_answered_after_reconcile() -> None:
     h = Harness()
     x = exit_("ghost")

@@ -271,11 +271,11 @@ class BitvavoRest:
             raise rest_error(status, code, message)
 
     async def wait_for_budget(self, weight: int = 1, *, credentials: Credentials | None = None,
-                              priority: Priority | None = None) -> float:
+                              priority: Priority | None = None, max_wait_s: float | None = None) -> float | None:
         """Wait, without spending and without holding the request lock, until a request of
-        ``weight`` at ``priority`` would be granted; the seconds waited. The executor waits here
-        before it starts an entry, so a short budget delays entries and never the protective orders
-        of the same process."""
+        ``weight`` at ``priority`` would be granted; the seconds waited, or None (without waiting on)
+        as soon as the wait would pass ``max_wait_s``. The executor asks here before it starts an
+        entry, so a short budget delays or refuses entries and never holds up protective orders."""
         waited = 0.0
         scope = key_scope(credentials.key) if credentials is not None else self.ip_scope
         priority = priority or PRIORITY.get()
@@ -286,6 +286,8 @@ class BitvavoRest:
                 wait = await self.shared.acquire(scope, weight, priority, spend=False) or 0.0
             if wait <= 0:
                 return waited
+            if max_wait_s is not None and waited + wait > max_wait_s:
+                return None
             await self.sleep(wait)
             waited += wait
 

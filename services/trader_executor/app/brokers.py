@@ -8,7 +8,9 @@ when the outcome is unknown (the driver looks the order up by clientOrderId befo
   order bigger than the book it holds it fetches the depth from the public REST book (one call, weight
   1), and a book older than ``max_book_age_ms`` is dropped so the order is refused (431) rather than
   filled at a stale price.
-- ``RealBroker``: Bitvavo's private REST (``BitvavoPrivate``); sandbox and live share it.
+- ``RealBroker``: Bitvavo's private REST (``BitvavoPrivate``); sandbox and live share it. Only its first
+  listing of the open orders covers every market (weight 100); later ones cover the markets of our
+  orders (weight 5 each), so polling while the account socket is down stays within the rate limit.
 """
 
 from __future__ import annotations
@@ -114,27 +116,51 @@ class PaperBrokerAdapter:
 
 
 class RealBroker:
+    """Bitvavo's private REST. ``open_orders()``: the first call lists the open orders of every market
+    (GET /ordersOpen, weight 100): the start-up reconciliation needs every order on the account, the
+    orphans included. Later calls (the polls, which refresh our own orders; an unknown order is of no
+    use to them) list only the markets this broker has sent, looked up, canceled or amended an order
+    in, or listed an order of in the first call (weight 5 each). At the 2026 weights a full listing on
+    every poll costs 100 points: every EXECUTOR_POLL_SECS (5 s) that is 1200 points a minute, more than
+    Bitvavo's whole budget of 1000, and with the account socket down the polls starved the stops and
+    exits of theirs (an order of ours missing from a narrowed listing is looked up by the manager
+    anyway, weight 1)."""
+
     def __init__(self, private: BitvavoPrivate) -> None:
         self.private = private
+        self.markets: set[str] = set()  # where our orders may rest (what later listings cover)
+        self.listed_all = False
 
     async def place(self, req: OrderRequest) -> OrderState:
+        self.markets.add(req.market)
         return await self.private.place_order(req)
 
     async def get(self, market: str, client_order_id: str) -> OrderState | None:
+        self.markets.add(market)
         return await self.private.get_order(market, client_order_id=client_order_id)
 
     async def cancel(self, market: str, client_order_id: str) -> OrderState | None:
         # The cancel's answer has no fills: read the order's final state (it may have filled meanwhile).
+        self.markets.add(market)
         await self.private.cancel_order(market, client_order_id=client_order_id)
         return await self.private.get_order(market, client_order_id=client_order_id)
 
     async def amend(self, market: str, client_order_id: str, *, amount: Decimal | None,
                     trigger_price: Decimal | None) -> OrderState:
+        self.markets.add(market)
         return await self.private.update_order(market, client_order_id=client_order_id, amount=amount,
                                                trigger_price=trigger_price)
 
     async def open_orders(self) -> list[OrderState]:
-        return await self.private.open_orders()
+        if not self.listed_all:
+            orders = await self.private.open_orders()
+            self.listed_all = True
+            self.markets.update(o.market for o in orders)
+            return orders
+        out: list[OrderState] = []
+        for market in sorted(self.markets):
+            out += await self.private.open_orders(market)
+        return out
 
     async def balances(self) -> dict[str, tuple[Decimal, Decimal]]:
         return await self.private.balance()

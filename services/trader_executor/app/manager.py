@@ -17,6 +17,9 @@ command    answer
            ``on_failed`` when the lookup itself could not be made (it is then asked again)
 ========== ============================================================================================
 
+A command the service stops retrying without an answer is handed back with ``abandon(cmd)``; the next
+``reconcile()`` then wakes its position and the command is made again.
+
 Every other state of one of our orders (WS ``order`` events, REST polling, the paper book) goes to
 ``on_order`` too. ``Failure.kind``: ``rejected`` = the exchange refused, nothing happened (4xx with an
 ``errorCode``); ``unknown`` = the outcome is not known (timeout, 5xx; codes 101, 108, 109, 111, 400, 419
@@ -92,6 +95,9 @@ The rules:
    ``reconcile()`` (Lookups for every order not known final, for an entry that has no report yet,
    and one per position that still needs work); their answers continue the work. On a position
    rebuilt from history, every new order is looked up before it is placed.
+9. **Polling.** The service feeds the account's open orders to ``on_order`` and then calls
+   ``reconcile()`` again: an open order of ours that no state confirmed since the previous call left
+   the listing (filled or canceled while no event said so) and is looked up.
 
 Market sells are sized in base (``amount``); notional figures are in the quote currency (EUR).
 Positions are kept for the life of the process (fee settlements may come late).
@@ -309,6 +315,7 @@ class _Track:
     inflight: Literal["place", "cancel", "amend", "lookup"] | None = None
     lookup_of: str = ""
     verified: bool = False  # a state of it was seen by this process
+    seen_round: int = -1  # the reconcile round in which a state of it was last seen (see ``reconcile``)
     absent: bool = False  # a lookup found no such order: it never landed
     attempts: int = 0
     lost: int = 0  # placements that never landed (unknown outcome, then not found)
@@ -356,10 +363,13 @@ class _Position:
     emergency_n: int = 0
     warned: set[str] = field(default_factory=set)
     awake: bool = False  # driven since this process started (else reconcile wakes it)
+    _entry_coid: str = ""  # entry_client_id(position_id), computed once (a UUID5, on every hot path)
 
     @property
     def entry_coid(self) -> str:
-        return entry_client_id(self.position_id)
+        if not self._entry_coid:
+            self._entry_coid = entry_client_id(self.position_id)
+        return self._entry_coid
 
     def entry(self) -> _Track | None:
         return self.orders.get(self.entry_coid)
@@ -427,18 +437,24 @@ class OrderManager:
         # changes): an entry that must be sent again after a restart or an unknown outcome is sent
         # only while it is off.
         self.kill_switch = False
+        # Rounds of ``reconcile()``: an open order of ours that no state confirmed since the previous
+        # round (it left the open-orders listing: filled or canceled while no event told us) is looked up.
+        self._poll_round = 0
         self.counters: Counter[str] = Counter()  # for metrics: commands, reports, events by kind
 
     # -- inputs ------------------------------------------------------------------------------
 
-    def on_intent(self, intent: Intent, kill_switch: bool, now_ms: int) -> Step:
+    def on_intent(self, intent: Intent, kill_switch: bool, now_ms: int, *, refuse: str | None = None) -> Step:
+        """``refuse``: a reason the service found at the door to send no new entry (e.g. the
+        rate-limit budget is kept for protective orders); the entry is reported rejected with it.
+        Exits and amends are never refused."""
         step = Step()
         self.kill_switch = kill_switch
         if intent.id in self._seen_intents:
             self.counters["intents_duplicate"] += 1
             return step
         if isinstance(intent, EntryIntent):
-            self._on_entry(intent, kill_switch, step, now_ms)
+            self._on_entry(intent, kill_switch, step, now_ms, refuse)
         elif isinstance(intent, ExitIntent):
             self._on_exit(intent, step, now_ms)
         else:
@@ -569,6 +585,26 @@ class OrderManager:
         self._lookup_answer(p, t, state, step, now_ms)
         return self._count(step)
 
+    def abandon(self, cmd: Command) -> None:
+        """The service gave up on ``cmd`` without an answer (it kept coming back refused with a "try
+        again" code such as 107, or a step made more commands than the service carries out at once).
+        Nothing is in flight for that order any more, and its position is woken by the next
+        ``reconcile()`` (a Lookup whose answer drives it), which makes the command again. Without this
+        the order would count as in flight for the life of the process: a stop never placed, coins
+        without protection until a restart."""
+        t = self._by_coid.get(cmd.client_order_id)
+        if t is None:
+            if isinstance(cmd, Lookup):
+                self._loose.pop(cmd.client_order_id, None)  # reconcile() asks again
+            return
+        if t.inflight is None:
+            return
+        t.inflight = None
+        t.amend_target = None
+        t.lookup_of = ""
+        self._positions[t.position_id].awake = False
+        self.counters["commands_abandoned"] += 1
+
     def on_open_orders(self, states: list[OrderState], now_ms: int) -> Step:
         """The account's open orders at start (every market). Ours are resumed (one another process
         placed just before a crash is adopted), unknown ones are orphans: a critical event, never
@@ -628,7 +664,13 @@ class OrderManager:
         """After a rebuild: Lookups for every order not known final (not already confirmed by
         ``on_open_orders``), for entries with no report yet, and one per position that still has work
         (so its answer drives it); exits of unknown positions are looked up too (their answer
-        reports them ``no_position``)."""
+        reports them ``no_position``).
+
+        Then on every poll, after the account's open orders were fed to ``on_order`` (or
+        ``on_open_orders``): a Lookup for every open order of ours that no state confirmed since the
+        previous ``reconcile()``. An order that left the open-orders listing filled or was canceled;
+        with the account socket down no event says so, and without the lookup a stop that triggered
+        (or an entry that filled) would stay unknown until a restart."""
         step = Step()
         for p in self._positions.values():
             issued = False
@@ -638,7 +680,12 @@ class OrderManager:
                 if t.inflight == "lookup":
                     issued = True
                     continue
-                if t.inflight is not None or t.verified:
+                if t.inflight is not None:
+                    continue
+                if t.verified:
+                    if t.landed and t.seen_round != self._poll_round:  # not listed (nor told) since the last round
+                        self._lookup(t, "check", step)
+                        issued = True
                     continue
                 self._lookup(t, "check" if t.landed else "probe", step)
                 issued = True
@@ -655,6 +702,7 @@ class OrderManager:
                     and ex.intent.mode == self.mode and ex.coid not in self._loose):
                 self._loose[ex.coid] = exit_id
                 step.commands.append(Lookup(ex.intent.market, ex.coid, ex.intent.position_id))
+        self._poll_round += 1
         self._count(step)
         return [c for c in step.commands if isinstance(c, Lookup)]
 
@@ -691,12 +739,13 @@ class OrderManager:
 
     # -- intents -----------------------------------------------------------------------------
 
-    def _on_entry(self, intent: EntryIntent, kill_switch: bool, step: Step, now: int) -> None:
+    def _on_entry(self, intent: EntryIntent, kill_switch: bool, step: Step, now: int,
+                  refuse: str | None = None) -> None:
         self._learn_entry(intent, recovered=False)
         p = self._positions.get(intent.id)
         if p is not None and p.entry() is not None:
             return  # its order is known from the reports already
-        reason, request = self._door(intent, kill_switch)
+        reason, request = (refuse, None) if refuse and not kill_switch else self._door(intent, kill_switch)
         if reason is not None or request is None:
             self._reject_entry(intent, reason or "no_request", request, step, now)
             return
@@ -867,6 +916,7 @@ class OrderManager:
                 t.inflight = None
                 t.amend_target = None
         t.verified = True
+        t.seen_round = self._poll_round
         t.absent = False
         t.missing = False
         if self._stale(t, state):

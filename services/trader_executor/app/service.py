@@ -101,6 +101,9 @@ class Settings(CommonSettings):
     executor_poll_secs: float = Field(5.0, gt=0)  # REST polling of our orders while the account socket is down
     executor_poll_up_secs: float = Field(60.0, gt=0)  # the same while it is up (a safety net)
     executor_commit_secs: float = Field(0.05, gt=0)  # reports from exchange events are committed this often
+    # How long an entry may wait for the rate-limit budget (the part not kept for protective orders)
+    # before it is refused and reported rejected (rate_limit_budget).
+    executor_entry_budget_wait_s: float = Field(2.0, ge=0)
     # Paper broker
     paper_eur: Decimal = Field(Decimal(1000), gt=0)  # the paper account's starting EUR
     paper_maker_fee: Decimal = Field(Decimal("0.0015"), ge=0)
@@ -278,17 +281,26 @@ def setup(service: Service[Settings]) -> None:
             for cmd in step.commands:
                 sent += 1
                 if sent > MAX_COMMANDS:
-                    log.error("too_many_commands", limit=MAX_COMMANDS, command=repr(cmd),
-                              note="left for the next poll; a loop in the manager is a bug")
-                    break
+                    if sent == MAX_COMMANDS + 1:
+                        log.error("too_many_commands", limit=MAX_COMMANDS, command=repr(cmd),
+                                  note="the rest is left for the next poll; a loop in the manager is a bug")
+                    give_up(cmd)
+                    continue
                 repeats[cmd] = repeats.get(cmd, 0) + 1
                 if repeats[cmd] > 1:  # "try again" (rate limit, overload): back off, a little
                     if repeats[cmd] > 5:
-                        log.error("command_given_up", command=repr(cmd), note="left for the next poll")
+                        log.error("command_given_up", command=repr(cmd), note="made again after the next poll")
+                        give_up(cmd)
                         continue
                     await asyncio.sleep(min(5.0, 0.2 * 2 ** repeats[cmd]))  # backoff before resending
                 steps.append(await execute(cmd))
         return out + paper_effects()
+
+    def give_up(cmd: Command) -> None:
+        """Not carried out now: the manager lets go of it (else it would wait for an answer forever, a
+        stop never placed) and the next poll's reconcile() makes it again."""
+        manager().abandon(cmd)
+        wake.set()
 
     def paper_effects() -> list[Effect]:
         """The paper account's changes, committed in the same atomic call as the reports they made."""
@@ -385,8 +397,12 @@ def setup(service: Service[Settings]) -> None:
 
         # Rebuild (the intents this group has handled; every report), then reconcile with the exchange
         # before the loop reads a new intent.
-        for rb in (Rebuild(streams.ORDERS_SHADOW, fold_intent, group=NAME), Rebuild(streams.ORDERS_EXECUTED,
-                                                                                   fold_report)):
+        # The intents this group has handled *and* those still pending: an entry a crash left half done
+        # (sent, its report never committed) is known now, so the reconciliation below finds it and its
+        # stop is placed at once, not when the entry is claimed back (CLAIM_IDLE_MS later). Its
+        # redelivery is then a duplicate for the manager.
+        for rb in (Rebuild(streams.ORDERS_SHADOW, fold_intent, group=NAME, include_pending=True),
+                   Rebuild(streams.ORDERS_EXECUTED, fold_report)):
             done = await fold_history(service.redis, rb)
             log.info("state_rebuilt", stream=done.stream, entries=done.entries, seconds=round(done.seconds, 3))
         async with lock:
@@ -420,18 +436,26 @@ def setup(service: Service[Settings]) -> None:
         if delivery.stream == streams.ORDERS_SHADOW and isinstance(msg, (EntryIntent, ExitIntent, StopAmendIntent)):
             kill = service.kill_switch
             private = holder.get("private")
+            refuse: str | None = None
             if isinstance(msg, EntryIntent) and not kill and isinstance(private, BitvavoPrivate):
-                # A short rate-limit budget delays entries here, outside the lock, so the stops and exits
-                # of other positions (timers, account events) go on meanwhile. Two points: lookup + place.
-                waited = await private.rest.wait_for_budget(2, credentials=private.credentials, priority="normal")
-                if waited:
+                # The rate-limit budget keeps a reserve for protective orders: an entry waits here, outside
+                # the lock, so the stops and exits of other positions (timers, account events) go on; when
+                # the wait would be long it is refused (reported rejected, the core lets go of it) rather
+                # than hold up the exits queued behind it. Two points: the lookup and the place.
+                waited = await private.rest.wait_for_budget(2, credentials=private.credentials, priority="normal",
+                                                            max_wait_s=s.executor_entry_budget_wait_s)
+                if waited is None:
+                    refuse = "rate_limit_budget"
+                    log.warning("entry_refused_rate_limit", intent_id=msg.id, market=msg.market,
+                                max_wait_s=s.executor_entry_budget_wait_s)
+                elif waited:
                     log.info("entry_waited_for_budget", intent_id=msg.id, seconds=round(waited, 3))
             if not isinstance(msg, StopAmendIntent):
                 timer.intent(msg.id, msg.ts, "entry" if isinstance(msg, EntryIntent) else "exit")
             if isinstance(msg, EntryIntent) and not kill:
                 kill = await kill_now()  # defense in depth: read again right before an entry may be sent
             async with lock:
-                return await drive(manager().on_intent(msg, kill, service.clock.now_ms()))
+                return await drive(manager().on_intent(msg, kill, service.clock.now_ms(), refuse=refuse))
         if delivery.stream == streams.BOOK and isinstance(msg, BookTopUpdated):
             adapter = holder.get("paper")
             if not isinstance(adapter, PaperBrokerAdapter):
@@ -455,8 +479,8 @@ def setup(service: Service[Settings]) -> None:
     async def poll() -> list[Effect]:
         """Sandbox/live: the account's open orders and a lookup of ours (missed events while the socket
         was down, or a safety net while it is up)."""
-        if mode == "paper":
-            return []
+        if mode == "paper" and not wake.is_set():
+            return []  # paper: only after a command was given up (the paper broker answers at once)
         loop_time = asyncio.get_running_loop().time()
         every = s.executor_poll_up_secs if holder["ws_up"] else s.executor_poll_secs
         if not wake.is_set() and loop_time - holder["last_poll"] < every:
@@ -557,8 +581,8 @@ def setup(service: Service[Settings]) -> None:
     service.archive([streams.ORDERS_EXECUTED])
     service.every(s.executor_commit_secs, flush_pending, name="exchange_events")
     service.every(1.0, refresh_metrics, name="metrics")
+    service.every(0.25, poll, name="poll")
     if mode != "paper":
-        service.every(0.25, poll, name="poll")
         service.add_task("account_ws", account)
     else:
         metrics.account_ws.set(1)
