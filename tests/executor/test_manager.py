@@ -1471,3 +1471,17 @@ class ExecutorMachine(RuleBasedStateMachine):
 TestExecutorMachine = ExecutorMachine.TestCase
 TestExecutorMachine.settings = settings(max_examples=300, stateful_step_count=50, deadline=None,
                                         suppress_health_check=[HealthCheck.too_slow])
+
+
+def test_an_account_event_saying_what_is_known_needs_no_rest_read() -> None:
+    """knows(): the service skips the REST read of an order whose event says only what the manager
+    holds (the state of the place answer); a fill, another status, an amended amount or trigger, or an
+    order not ours is read."""
+    h = Harness()
+    _, stop_coid = open_position(h)
+    stop_state = h.ex.orders[stop_coid]
+    assert h.m.knows(stop_state)
+    assert not h.m.knows(dataclasses.replace(stop_state, status="filled"))
+    assert not h.m.knows(dataclasses.replace(stop_state, filled_amount=stop_state.filled_amount + D("0.001")))
+    assert not h.m.knows(dataclasses.replace(stop_state, trigger_price=(stop_state.trigger_price or D(0)) + 1))
+    assert not h.m.knows(dataclasses.replace(stop_state, client_order_id="someone-else", order_id="x"))

@@ -1424,6 +1424,15 @@ class OrderManager:
             p.emergency_n = max(p.emergency_n, n)
         return t
 
+    def knows(self, state: OrderState) -> bool:
+        """The order is ours and already known in exactly this status with this much filled: an
+        account event that says only that needs no REST read of the order (rate limit)."""
+        t = self._find(state)
+        return (t is not None and t.inflight is None and t.status == state.status
+                and t.filled == state.filled_amount
+                and (state.amount is None or state.amount == t.rep_amount)
+                and (state.trigger_price is None or state.trigger_price == t.rep_trigger))
+
     def _find(self, state: OrderState) -> _Track | None:
         if state.client_order_id is not None:
             t = self._by_coid.get(state.client_order_id)

@@ -507,6 +507,8 @@ def setup(service: Service[Settings]) -> None:
         async with lock:
             m = manager()
             step = Step()
+            if m.knows(state):
+                return  # nothing new (e.g. the event of a state the place or cancel answer gave already)
             if state.client_order_id:
                 try:
                     full = await broker().get(state.market, state.client_order_id)

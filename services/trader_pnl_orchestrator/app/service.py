@@ -87,6 +87,10 @@ class Metrics(ServiceMetrics):
         self.cash = g("cash_eur", "Cash", [])
         self.daily = g("daily_pnl_eur", "Equity change since the start of the UTC day", [])
         self.drawdown = g("drawdown_pct", "Drop from the peak equity, percent", [])
+        self.max_drawdown = g("max_drawdown_pct", "The loss breaker's drawdown limit (MAX_DRAWDOWN_PCT; no series: "
+                              "none)", [])
+        self.max_daily_loss = g("max_daily_loss_pct", "The loss breaker's daily loss limit (MAX_DAILY_LOSS_PCT; no "
+                                "series: none)", [])
         self.peak = g("peak_equity_eur", "Peak equity", [])
         self.exposure = g("exposure_eur", "Positions at the marks, per asset", ["asset"])
         self.global_exposure = g("global_exposure_eur", "Positions at the marks, all assets", [])
@@ -104,6 +108,10 @@ def setup(service: Service[Settings]) -> None:
     metrics = service.metrics
     assert isinstance(metrics, Metrics)
     limits = PnlLimits(max_daily_loss_pct=s.max_daily_loss_pct, max_drawdown_pct=s.max_drawdown_pct)
+    if s.max_drawdown_pct is not None:  # for the alert "drawdown near the limit"
+        metrics.max_drawdown.set(float(s.max_drawdown_pct))
+    if s.max_daily_loss_pct is not None:
+        metrics.max_daily_loss.set(float(s.max_daily_loss_pct))
     holder: dict[str, Any] = {"dirty": False, "tripped": None, "last_snapshot_ms": 0}
     budget = shared_budget(service.redis, s, service.clock)  # the key's budget, shared with the executor
 
