@@ -26,12 +26,14 @@ COMMANDS = [
     ("trader_executor", ["-m", "services.trader_executor.app"]),
     ("trader_pnl_orchestrator", ["-m", "services.trader_pnl_orchestrator.app"]),
     ("trader_universe_selector", ["-m", "services.trader_universe_selector.app"]),
+    ("trader_notifier", ["-m", "services.trader_notifier.app"]),
 ]
 
 PREFIX = {
     "ingest_ticker24h": "trader_ingest", "ingest_orderbook": "trader_ingest", "ingest_candles": "trader_ingest",
     "trader_universe_selector": "trader_universe", "trader_signal_engine": "trader_signal_engine",
     "trading_core": "trader_trading_core", "trader_executor": "trader_executor", "trader_pnl_orchestrator": "trader_pnl",
+    "trader_notifier": "trader_notifier",
 }
 
 
