@@ -275,7 +275,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--intents", type=int, default=10_000)
-    parser.add_argument("--markets", type=int, default=50)
+    parser.add_argument("--markets", type=int, default=200, help="Bitvavo allows 100 open orders a market: keep "
+                        "intents/markets under 100 (every entry leaves a resting stop)")
     parser.add_argument("--sandbox-intents", type=int, default=50)
     parser.add_argument("--sandbox-rate", type=float, default=2.0)
     parser.add_argument("--burst", type=int, default=120, help="-1 skips the sandbox part")

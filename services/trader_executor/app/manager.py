@@ -441,6 +441,7 @@ class OrderManager:
         # round (it left the open-orders listing: filled or canceled while no event told us) is looked up.
         self._poll_round = 0
         self.counters: Counter[str] = Counter()  # for metrics: commands, reports, events by kind
+        self.changes = 0  # steps that did something: the views (positions()) are the same while it stands
 
     # -- inputs ------------------------------------------------------------------------------
 
@@ -1602,6 +1603,8 @@ class OrderManager:
             exit_intent_id=ex.intent.id if ex is not None else None, halted=self._halted(p))
 
     def _count(self, step: Step) -> Step:
+        if step:
+            self.changes += 1
         for c in step.commands:
             self.counters[f"command_{type(c).__name__.lower()}"] += 1
         self.counters["reports"] += len(step.reports)

@@ -552,18 +552,21 @@ def setup(service: Service[Settings]) -> None:
             pumper.cancel()
 
     def refresh_metrics() -> list[Effect]:
-        views = manager().positions().values()
-        held = [v for v in views if v.held > 0]
-        bare = [v.position_id for v in held if v.stop_status not in ("new", "awaitingTrigger", "partiallyFilled")]
-        metrics.positions.set(len(held))
-        metrics.unprotected.set(len(bare))
-        metrics.halted.set(sum(1 for v in views if v.halted))
+        m = manager()
         now = service.clock.now_ms()
-        for pid in list(unprotected_since):
-            if pid not in bare:
-                del unprotected_since[pid]
-        for pid in bare:
-            unprotected_since.setdefault(pid, now)
+        if m.changes != holder.get("metrics_at_change"):  # the views only change with a step that did something
+            holder["metrics_at_change"] = m.changes
+            views = m.positions().values()
+            held = [v for v in views if v.held > 0]
+            bare = {v.position_id for v in held if v.stop_status not in ("new", "awaitingTrigger", "partiallyFilled")}
+            metrics.positions.set(len(held))
+            metrics.unprotected.set(len(bare))
+            metrics.halted.set(sum(1 for v in views if v.halted))
+            for pid in list(unprotected_since):
+                if pid not in bare:
+                    del unprotected_since[pid]
+            for pid in bare:
+                unprotected_since.setdefault(pid, now)
         metrics.unprotected_seconds.set(max((now - t for t in unprotected_since.values()), default=0) / 1000)
         for scope, left in budget.remaining.items():
             metrics.ratelimit_remaining.labels(scope=scope).set(left)
