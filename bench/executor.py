@@ -11,8 +11,10 @@ In one run against the same Redis (our own, AOF everysec, unless BENCH_REDIS_URL
   exchange's order id) and ``stop_p50_ms``/``stop_p99_ms`` (intent XADD → its ``stopLoss`` reported
   resting) at a paced ``--sandbox-rate``, seen by a reader blocked on ``orders:executed``;
 - ``sandbox_burst_intents_per_s``: ``--burst`` intents pushed at once, until every one has its stop
-  resting, with the shared rate-limit budget in force; ``sandbox_bans`` (105s the executor saw,
-  from its metrics) must be 0: the budget slows entries down instead of running into a ban.
+  resting or was refused at the door (``sandbox_burst_refused``: the budget left after the protective
+  reserve ran out for longer than ``EXECUTOR_ENTRY_BUDGET_WAIT_S``), with the shared rate-limit budget
+  in force; ``sandbox_bans`` (105s the executor saw, from its metrics) must be 0: the budget slows or
+  refuses entries instead of running into a ban.
 Targets (issue 12): paper >= 5k intents/s; no 105 in sandbox mode. Writes ``bench/results/executor.json``.
 """
 
@@ -182,6 +184,7 @@ async def sandbox(client: aioredis.Redis, url: str, count: int, rate: float, bur
         sent: dict[str, float] = {}
         acks: dict[str, float] = {}
         stops: dict[str, float] = {}
+        refused: set[str] = set()  # entries refused at the door (rate_limit_budget): done, nothing to time
         reader_stop = asyncio.Event()
 
         async def read() -> None:
@@ -196,6 +199,8 @@ async def sandbox(client: aioredis.Redis, url: str, count: int, rate: float, bur
                             last = entry_id
                             r = decode(fields)
                             purpose, pid = getattr(r, "purpose", None), getattr(r, "position_id", None)
+                            if purpose == "entry" and r.status == "rejected":  # type: ignore[attr-defined]
+                                refused.add(r.intent_id)  # type: ignore[attr-defined]
                             if purpose == "entry" and r.order_id and r.intent_id in sent:  # type: ignore[attr-defined]
                                 acks.setdefault(r.intent_id, (seen - sent[r.intent_id]) * 1000)  # type: ignore[attr-defined]
                             elif (purpose == "stop" and pid in sent
@@ -228,12 +233,13 @@ async def sandbox(client: aioredis.Redis, url: str, count: int, rate: float, bur
         await push(client, streams.ORDERS_SHADOW, [encode(m) for m in burst_msgs])
         want = {m.id for m in burst_msgs}
         deadline = time.perf_counter() + 300
-        while not want <= stops.keys() and time.perf_counter() < deadline:
+        while not want <= stops.keys() | refused and time.perf_counter() < deadline:
             if proc.poll() is not None:
                 raise RuntimeError("executor exited during the burst")
             await asyncio.sleep(0.05)
         burst_s = time.perf_counter() - started
         protected = len(want & stops.keys())
+        turned_away = len(want & refused)
         reader_stop.set()
         await task
         bans = await metric(port, "trader_executor_ratelimit_bans_total")
@@ -246,6 +252,7 @@ async def sandbox(client: aioredis.Redis, url: str, count: int, rate: float, bur
             "stop_p50_ms": round(percentile(stop_ms, 50), 1), "stop_p99_ms": round(percentile(stop_ms, 99), 1),
             "latency_samples": len(stop_ms), "sandbox_rate_per_s": rate,
             "sandbox_burst_intents": burst, "sandbox_burst_protected": protected,
+            "sandbox_burst_refused": turned_away,
             "sandbox_burst_intents_per_s": round(protected / burst_s, 2), "sandbox_burst_seconds": round(burst_s, 1),
             "sandbox_bans": int(bans), "sandbox_budget_waits": int(waits)}
 
@@ -278,7 +285,8 @@ def main() -> None:
     parser.add_argument("--markets", type=int, default=200, help="Bitvavo allows 100 open orders a market: keep "
                         "intents/markets under 100 (every entry leaves a resting stop)")
     parser.add_argument("--sandbox-intents", type=int, default=50)
-    parser.add_argument("--sandbox-rate", type=float, default=2.0)
+    parser.add_argument("--sandbox-rate", type=float, default=1.0, help="paced intents/s for the latency run (each "
+                        "costs ~5 rate-limit points: keep it under the budget to time orders, not waits)")
     parser.add_argument("--burst", type=int, default=120, help="-1 skips the sandbox part")
     args = parser.parse_args()
     result = asyncio.run(main_async(args))
