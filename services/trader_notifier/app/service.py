@@ -94,6 +94,8 @@ def setup(service: Service[Settings]) -> None:
     s = service.settings
     metrics = service.metrics
     assert isinstance(metrics, Metrics)
+    # One active instance, idle or not: `tradestack status` and the lease alert see the same in both.
+    service.use_lease()
     if not s.enabled or s.telegram_bot_token is None:
         metrics.enabled.set(0)
         log.info("notifier_disabled", note="TELEGRAM_BOT_TOKEN and TELEGRAM_CHAT_IDS are not set: idling")
@@ -200,7 +202,6 @@ def setup(service: Service[Settings]) -> None:
         finally:
             await poller.client.close()
 
-    service.use_lease()
     service.on_start(start)
     service.consume([StreamSpec(streams.TRADING_EVENTS, start="$"), StreamSpec(streams.ORDERS_EXECUTED, start="$")],
                     handle, stateful=True)
