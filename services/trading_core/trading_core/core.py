@@ -70,6 +70,7 @@ from tradestack.messages import (
     Mode,
     OrderExecuted,
     SignalEmitted,
+    Sizing,
     StopAmendIntent,
     TradingEvent,
     derive_id,
@@ -179,6 +180,14 @@ class InFlight:
 class _EventWindow:
     last_ms: int
     suppressed: int = 0
+
+
+_DECISION_FIELDS = frozenset(DecisionMade.model_fields)
+
+
+def _finite(*values: Decimal | None) -> bool:
+    """Every value a finite Decimal (or None)."""
+    return all(v is None or (type(v) is Decimal and v.is_finite()) for v in values)
 
 
 def _uncount(counter: Counter[Any], key: Any) -> None:
@@ -327,13 +336,26 @@ class TradingCore:
     def _killed_variant(self, decision: DecisionMade) -> list[Effect]:
         checks = [guard_check(c.name, False, "on (read at commit)", "off", "kill_switch") if c.name == "kill_switch"
                   else c for c in decision.checks]
-        blocked = decision.model_copy(update={"accepted": False, "reasons": ["kill_switch"], "checks": checks,
-                                              "intent_id": None})
-        event = self.factory.child(
-            blocked, TradingEvent, kind="kill_switch", severity="warning",
-            message=f"entry blocked in {blocked.market}: kill_switch (set while the signal was being decided)",
-            details={"decision_id": blocked.id, "signal_id": blocked.signal_id, "market": blocked.market,
-                     "strategy": blocked.strategy, "reasons": "kill_switch"})
+        update = {"accepted": False, "reasons": ["kill_switch"], "checks": checks, "intent_id": None}
+        message = f"entry blocked in {decision.market}: kill_switch (set while the signal was being decided)"
+        ts = self.factory.clock.now_ms()
+        if self._trusted_decisions and type(ts) is int and set(decision.model_fields_set) == _DECISION_FIELDS:
+            # Made on every accepted entry (the branch the commit takes if the switch is set meanwhile)
+            # and rarely used: the decision's own validated fields with four replaced by values of their
+            # type, and an event of str fields only. The same objects, byte for byte, as model_copy and
+            # factory.child make (tests/core/test_core_fast_paths.py).
+            blocked = trusted_model(DecisionMade, {**decision.__dict__, **update})
+            event: TradingEvent = trusted_model(TradingEvent, dict(
+                id=derive_id(blocked.id, TradingEvent.TYPE), ts=ts, src=self.factory.src, trace=blocked.trace,
+                v=TradingEvent.V, kind="kill_switch", severity="warning", message=message,
+                details={"decision_id": blocked.id, "signal_id": blocked.signal_id, "market": blocked.market,
+                         "strategy": blocked.strategy, "reasons": "kill_switch"}))
+        else:
+            blocked = decision.model_copy(update=update)
+            event = self.factory.child(
+                blocked, TradingEvent, kind="kill_switch", severity="warning", message=message,
+                details={"decision_id": blocked.id, "signal_id": blocked.signal_id, "market": blocked.market,
+                         "strategy": blocked.strategy, "reasons": "kill_switch"})
         return [Output(streams.ORDERS_SIGNALS, blocked), Output(streams.TRADING_EVENTS, event)]
 
     def _retract(self, signal_id: str, intent: EntryIntent, blocked: list[Effect]) -> None:
@@ -507,15 +529,26 @@ class TradingCore:
         if accepted:
             assert levels is not None and sizing is not None and rules is not None and intent_id is not None
             # What factory.child(decision, EntryIntent, ...) makes, with the id already derived.
-            intent = EntryIntent(
-                id=intent_id, ts=self.factory.clock.now_ms(), src=self.factory.src, trace=decision.trace, v=EntryIntent.V,
+            ts = self.factory.clock.now_ms()
+            time_stop = self.config.exits.time_stop_secs
+            fields: dict[str, Any] = dict(
+                id=intent_id, ts=ts, src=self.factory.src, trace=decision.trace, v=EntryIntent.V,
                 decision_id=decision.id, signal_id=msg.id, market=msg.market, side="buy",
                 order_type=self.config.entry_order_type, amount=amount,
                 price=price if self.config.entry_order_type == "limit" else None, ref_price=price,
                 stop_price=levels.stop, take_profit_price=levels.take_profit,
-                trailing_distance=levels.trail_distance, time_stop_secs=self.config.exits.time_stop_secs,
+                trailing_distance=levels.trail_distance, time_stop_secs=time_stop,
                 strategy=msg.strategy, strategy_params=dict(msg.params), checks=checks, sizing=sizing,
                 mode=self.config.mode)
+            if (self._trusted_decisions and type(ts) is int and self.config.entry_order_type in ("market", "limit")
+                    and (time_stop is None or type(time_stop) is int) and type(sizing) is Sizing
+                    and _finite(amount, price, levels.stop, levels.take_profit, levels.trail_distance)):
+                # As the decision's: every field already of its validated type (the amount and prices
+                # from round_amount_down/round_price, the trailing distance from finite config and ATR
+                # checked here), so validating again only costs (same JSON: tests/core/test_core_fast_paths.py).
+                intent: EntryIntent = trusted_model(EntryIntent, fields)
+            else:
+                intent = EntryIntent(**fields)
             self._learn_entry(intent, live=True)
             out.append(Output(streams.ORDERS_SHADOW, intent))
             self.decisions[("accepted", "")] += 1

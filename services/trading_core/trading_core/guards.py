@@ -26,6 +26,7 @@ in-flight intents (sent, not yet final), so a burst cannot overshoot a limit.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any, ClassVar, TypeVar
@@ -148,6 +149,11 @@ class Guard(BaseModel):
     def _derive(self) -> Any:
         return None
 
+    def compiled(self) -> Callable[[GuardContext], GuardCheck]:
+        """``check`` with everything that depends on the (frozen) params alone worked out once: the
+        chain calls this per decision. Answers exactly as ``check`` (tests/core/test_guards_compiled.py)."""
+        return self.check
+
 
 _DERIVED: dict[int, tuple[Guard, Any]] = {}  # id(guard) → (guard, its _derive())
 
@@ -158,6 +164,10 @@ class KillSwitch(Guard):
 
     def check(self, ctx: GuardContext) -> GuardCheck:
         return self._result(not ctx.kill_switch, "on" if ctx.kill_switch else "off", "off")
+
+    def compiled(self) -> Callable[[GuardContext], GuardCheck]:
+        on, off = self._result(False, "on", "off"), self._result(True, "off", "off")
+        return lambda ctx: on if ctx.kill_switch else off
 
 
 class MarketAllowList(Guard):
@@ -174,6 +184,25 @@ class MarketAllowList(Guard):
             return self._result(ctx.market in allowed, ctx.market, limit)
         return self._result(ctx.market in ctx.catalog_markets, ctx.market, "catalogue")
 
+    def compiled(self) -> Callable[[GuardContext], GuardCheck]:
+        name, reason = self.NAME, self.REASON
+        if self.markets:
+            allowed, limit = self._derived()
+
+            def listed(ctx: GuardContext) -> GuardCheck:
+                market = ctx.market
+                if market in allowed:
+                    return guard_check(name, True, market, limit)
+                return guard_check(name, False, market, limit, reason)
+            return listed
+
+        def in_catalogue(ctx: GuardContext) -> GuardCheck:
+            market = ctx.market
+            if market in ctx.catalog_markets:
+                return guard_check(name, True, market, "catalogue")
+            return guard_check(name, False, market, "catalogue", reason)
+        return in_catalogue
+
 
 class OnePositionPerMarket(Guard):
     NAME: ClassVar[str] = "one_position_per_market"
@@ -181,6 +210,10 @@ class OnePositionPerMarket(Guard):
 
     def check(self, ctx: GuardContext) -> GuardCheck:
         return self._result(not ctx.market_has_position, str(int(ctx.market_has_position)), "0")
+
+    def compiled(self) -> Callable[[GuardContext], GuardCheck]:
+        has, free = self._result(False, "1", "0"), self._result(True, "0", "0")
+        return lambda ctx: has if ctx.market_has_position else free
 
 
 class MaxOpenPositions(Guard):
@@ -195,11 +228,34 @@ class MaxOpenPositions(Guard):
         after = ctx.open_positions + (0 if ctx.market_has_position else 1)
         return self._result(after <= self.max_positions, str(after), self._derived())
 
+    def compiled(self) -> Callable[[GuardContext], GuardCheck]:
+        name, reason, most, limit = self.NAME, self.REASON, self.max_positions, self._derived()
+
+        def check(ctx: GuardContext) -> GuardCheck:
+            after = ctx.open_positions if ctx.market_has_position else ctx.open_positions + 1
+            if after <= most:
+                return guard_check(name, True, str(after), limit)
+            return guard_check(name, False, str(after), limit, reason)
+        return check
+
 
 def _exposure(guard: Guard, held: Decimal, notional: Decimal, limit: Decimal, shown: str) -> GuardCheck:
     after = held + notional
     # No room left blocks even a zero-size order (sizing caps to the room, so it could be 0).
     return guard._result(after <= limit and held < limit, fmt(after), shown)  # shown: fmt(limit)
+
+
+def _compiled_exposure(guard: Guard, limit: Decimal, shown: str, asset: bool) -> Callable[[GuardContext], GuardCheck]:
+    """``_exposure`` for the asset's (``asset``) or the global exposure, its limit worked out."""
+    name, reason = guard.NAME, guard.REASON
+
+    def check(ctx: GuardContext) -> GuardCheck:
+        held = ctx.asset_exposure if asset else ctx.global_exposure
+        after = held + ctx.notional
+        if after <= limit and held < limit:
+            return guard_check(name, True, format(after, "f"), shown)
+        return guard_check(name, False, format(after, "f"), shown, reason)
+    return check
 
 
 class MaxAssetExposure(Guard):
@@ -213,6 +269,9 @@ class MaxAssetExposure(Guard):
     def check(self, ctx: GuardContext) -> GuardCheck:
         return _exposure(self, ctx.asset_exposure, ctx.notional, self.max_exposure_eur, self._derived())
 
+    def compiled(self) -> Callable[[GuardContext], GuardCheck]:
+        return _compiled_exposure(self, self.max_exposure_eur, self._derived(), asset=True)
+
 
 class MaxGlobalExposure(Guard):
     NAME: ClassVar[str] = "max_global_exposure"
@@ -224,6 +283,9 @@ class MaxGlobalExposure(Guard):
 
     def check(self, ctx: GuardContext) -> GuardCheck:
         return _exposure(self, ctx.global_exposure, ctx.notional, self.max_exposure_eur, self._derived())
+
+    def compiled(self) -> Callable[[GuardContext], GuardCheck]:
+        return _compiled_exposure(self, self.max_exposure_eur, self._derived(), asset=False)
 
 
 class MaxOrderNotional(Guard):
@@ -237,6 +299,16 @@ class MaxOrderNotional(Guard):
     def check(self, ctx: GuardContext) -> GuardCheck:
         return self._result(ctx.notional <= self.max_notional_eur, fmt(ctx.notional), self._derived())
 
+    def compiled(self) -> Callable[[GuardContext], GuardCheck]:
+        name, reason, most, limit = self.NAME, self.REASON, self.max_notional_eur, self._derived()
+
+        def check(ctx: GuardContext) -> GuardCheck:
+            notional = ctx.notional
+            if notional <= most:
+                return guard_check(name, True, format(notional, "f"), limit)
+            return guard_check(name, False, format(notional, "f"), limit, reason)
+        return check
+
 
 class DailyLossLimit(Guard):
     NAME: ClassVar[str] = "daily_loss_limit"
@@ -248,6 +320,16 @@ class DailyLossLimit(Guard):
 
     def check(self, ctx: GuardContext) -> GuardCheck:
         return self._result(ctx.daily_loss < self.max_loss_eur, fmt(ctx.daily_loss), self._derived())
+
+    def compiled(self) -> Callable[[GuardContext], GuardCheck]:
+        name, reason, most, limit = self.NAME, self.REASON, self.max_loss_eur, self._derived()
+
+        def check(ctx: GuardContext) -> GuardCheck:
+            loss = ctx.daily_loss
+            if loss < most:
+                return guard_check(name, True, format(loss, "f"), limit)
+            return guard_check(name, False, format(loss, "f"), limit, reason)
+        return check
 
 
 class StopOutCooldown(Guard):
@@ -268,6 +350,20 @@ class StopOutCooldown(Guard):
         left = self.remaining_secs(ctx)
         return self._result(left == 0, fmt(left), self._derived())
 
+    def compiled(self) -> Callable[[GuardContext], GuardCheck]:
+        name, reason, limit = self.NAME, self.REASON, self._derived()
+        clear = self._result(True, fmt(ZERO), limit)  # no stop-out in the market: nothing to wait
+        remaining = self.remaining_secs
+
+        def check(ctx: GuardContext) -> GuardCheck:
+            if ctx.last_stop_out_ms is None:
+                return clear
+            left = remaining(ctx)
+            if left == 0:
+                return guard_check(name, True, format(left, "f"), limit)
+            return guard_check(name, False, format(left, "f"), limit, reason)
+        return check
+
 
 class ExchangeRules(Guard):
     NAME: ClassVar[str] = "exchange_rules"
@@ -282,6 +378,22 @@ class ExchangeRules(Guard):
         if reason == NOT_CHECKED:
             reason = rules.check_order(ctx.amount, ctx.price)
         return self._result(reason is None, value, _rules_limit(rules), reason)
+
+    def compiled(self) -> Callable[[GuardContext], GuardCheck]:
+        name, default_reason = self.NAME, self.REASON
+
+        def check(ctx: GuardContext) -> GuardCheck:
+            rules = ctx.rules
+            value = f"{format(ctx.amount, 'f')}@{format(ctx.price, 'f')}"
+            if rules is None:
+                return guard_check(name, False, value, "unknown", "unknown_market")
+            reason = ctx.exchange_reason
+            if reason == NOT_CHECKED:
+                reason = rules.check_order(ctx.amount, ctx.price)
+            if reason is None:
+                return guard_check(name, True, value, _rules_limit(rules))
+            return guard_check(name, False, value, _rules_limit(rules), reason or default_reason)
+        return check
 
 
 _LIMITS: dict[int, tuple[MarketRules, str]] = {}  # id(rules) → (rules, its ExchangeRules limit)
@@ -330,10 +442,11 @@ class Caps:
 class GuardChain:
     """The configured guards, in order."""
 
-    __slots__ = ("caps", "cooldown_secs", "guards")
+    __slots__ = ("_checks", "caps", "cooldown_secs", "guards")
 
     def __init__(self, guards: list[Guard]) -> None:
         self.guards: tuple[Guard, ...] = tuple(guards)
+        self._checks = tuple(guard.compiled() for guard in self.guards)
         by_type = {type(g): g for g in self.guards}
         order = by_type.get(MaxOrderNotional)
         asset = by_type.get(MaxAssetExposure)
@@ -384,7 +497,7 @@ class GuardChain:
 
     def check(self, ctx: GuardContext) -> list[GuardCheck]:
         """Every guard's answer, in chain order (no short-circuit)."""
-        return [guard.check(ctx) for guard in self.guards]
+        return [check(ctx) for check in self._checks]
 
     def describe(self) -> list[dict[str, Any]]:
         return [{"method": type(g).__name__, **g.model_dump(mode="json")} for g in self.guards]
