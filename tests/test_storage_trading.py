@@ -279,3 +279,26 @@ def test_replayed_rows_dedupe_by_id_in_duckdb(tmp_path: Path) -> None:
                                   (blocked.id, T0, "spread_too_wide", "false", "spread_too_wide")])
     [(n,)] = con.execute(f"SELECT count(*) FROM read_parquet('{tmp_path}/*/trading/*/*.parquet')").fetchall()
     assert n == 4
+
+
+def test_stream_entries_are_archived_undecoded_as_record_would_and_a_non_message_is_skipped(tmp_path: Path) -> None:
+    """record_entries (the archive loop's raw batch): the same JSONL rows as record() of the decoded
+    messages, byte for byte, in one flush; an entry that is not a message is skipped, not written."""
+    clock = FakeClock(T0)
+    items = [(s, m) for s, m in _every_message() if s == streams.ORDERS_SIGNALS][:3]
+    assert items
+    raw_dir, decoded_dir = tmp_path / "raw", tmp_path / "decoded"
+    raw = TradingArchive(ParquetSink(raw_dir, clock))
+    entries = [(f"{i}-0", encode(m)) for i, (_, m) in enumerate(items)]
+    entries.insert(1, ("9-0", {b"type": b"decision", b"data": b"not json"}))
+    entries.insert(2, ("9-1", {b"data": b"{}"}))
+    assert raw.record_entries(streams.ORDERS_SIGNALS, entries) == (len(items), 2)
+    decoded = TradingArchive(ParquetSink(decoded_dir, clock))
+    for stream, msg in items:
+        decoded.record(stream, msg)
+    raw.close()
+    decoded.close()
+    rel = Path(DAY) / "trading" / "decisions" / "22.jsonl"
+    assert (raw_dir / rel).read_bytes() == (decoded_dir / rel).read_bytes()
+    with pytest.raises(ValueError):
+        raw.record_entries("bitvavo:book", entries)

@@ -50,7 +50,7 @@ import threading
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping
 
 import orjson
 import pyarrow as pa
@@ -629,6 +629,13 @@ def trading_kind(stream: str) -> str:
                          f"(one of {', '.join(sorted(TRADING_KINDS))})") from None
 
 
+
+def _is_json_object(data: bytes) -> bool:
+    try:
+        return isinstance(orjson.loads(data), dict)
+    except orjson.JSONDecodeError:
+        return False
+
 class TradingArchive:
     """The trading processes' (core, executor, PnL) own messages, kept in Parquet: decisions,
     intents, execution reports, trading events and PnL snapshots, under
@@ -693,6 +700,34 @@ class TradingArchive:
             recv, line = self.line(msg, data, recv_ms)
             rows.append((kind, recv, line))
         return self.sink.write_lines(rows) if rows else 0
+
+    def record_entries(self, stream: str, entries: Iterable[tuple[str, Mapping[Any, Any]]],
+                       recv_ms: int | None = None) -> tuple[int, int]:
+        """Rows for stream entries exactly as published (``type`` and ``data`` fields), without
+        decoding the messages, in one flush; (rows written, entries skipped). An entry whose fields
+        are not a message (no ``type``/``data``, or ``data`` not a JSON object) is skipped and
+        logged: it was dead-lettered by the stream's own consumers, and a row of it would break the
+        hour's file."""
+        kind = trading_kind(stream)
+        recv = self.sink.clock.now_ms() if recv_ms is None else recv_ms
+        rows: list[tuple[str, int, bytes]] = []
+        skipped = 0
+        for entry_id, fields in entries:
+            mtype = fields.get(b"type", fields.get("type"))
+            data = fields.get(b"data", fields.get("data"))
+            if isinstance(mtype, bytes):
+                mtype = mtype.decode("utf-8", "replace")
+            if isinstance(data, str):
+                data = data.encode()
+            if not isinstance(mtype, str) or not isinstance(data, bytes) or not _is_json_object(data):
+                skipped += 1
+                log.warning("archive_entry_skipped", stream=stream, entry_id=entry_id,
+                            reason="not a message (type/data missing or data not a JSON object)")
+                continue
+            rows.append((kind, recv, typed_row_line(recv, mtype, data)))
+        if rows:
+            self.sink.write_lines(rows)
+        return len(rows), skipped
 
     def compact_due(self, include_current: bool = False) -> list[Path]:
         return self.sink.compact_due(include_current)
