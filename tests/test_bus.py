@@ -239,6 +239,39 @@ def test_transient_failure_is_retried_then_dead_lettered_past_the_limit(redis_ur
     assert rclient.xpending(IN, "svc")["pending"] == 0
 
 
+def test_raw_batches_are_handed_over_undecoded_and_a_failed_one_is_read_again(redis_url: str,
+                                                                              rclient: redis.Redis) -> None:
+    """raw_batch mode (the trading archive): a whole batch as read, no decode; when the call raises,
+    nothing is acked and the claim hands the batch over again."""
+    ids = publish(rclient, 5)
+    rclient.xadd(IN, {b"type": b"no.such.type", b"data": b"{}"})  # not decoded, so not dead-lettered here
+    batches: list[list[str]] = []
+    fail = [True]
+
+    def raw(stream: str, entries: list[tuple[str, Any]]) -> None:
+        if fail[0]:
+            fail[0] = False
+            raise OSError("disk full")
+        batches.append([orjson.loads(f[b"data"]).get("id", "?") for _, f in entries])
+
+    async def scenario() -> None:
+        loop = ConsumerLoop(aioredis.Redis.from_url(redis_url), group="svc", streams_in=[IN], handler=passthrough(),
+                            metrics=ServiceMetrics("t_raw"), config=LoopConfig(block_ms=20, claim_idle_ms=0),
+                            consumer="c:1", raw_batch=raw)
+        await loop.ensure_groups()
+        await loop.read_once(">", block_ms=None)
+        assert rclient.xpending(IN, "svc")["pending"] == 6  # the failed batch is still pending
+        await loop.claim_idle()
+        await loop.flush()
+        assert sample(loop, "messages_total", stream=IN, outcome="retry") == 6
+        await loop.redis.aclose()
+
+    asyncio.run(scenario())
+    assert batches == [ids + ["?"]]
+    assert rclient.xpending(IN, "svc")["pending"] == 0
+    assert not rclient.exists(OUT) and not rclient.exists(streams.dlq(IN))
+
+
 def test_fatal_error_propagates_without_ack(redis_url: str, rclient: redis.Redis) -> None:
     publish(rclient, 1)
 
