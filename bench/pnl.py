@@ -11,6 +11,12 @@ In one run against the same Redis (our own, AOF everysec, unless BENCH_REDIS_URL
   (``PNL_FILL_SNAPSHOT_MIN_MS=0`` there: a snapshot per report; the throughput run uses the default,
   which coalesces a burst's snapshots);
 - ``marks_per_s``: book tops of the held markets (``--markets`` open positions) handled per second.
+Both runs start measuring once the process is ready: its heartbeat says running *and* it has
+written ``trading:pnl`` (the first write follows its start hook: the market catalog, whose REST
+refresh against the dead exchange URL takes ~0.5 s, and the rebuild). Before, the first reports
+waited for that start and counted it as booking time and latency. The archive writes under a
+temporary ``PARQUET_DIR``, not ``./data/parquet`` (where an hour of earlier runs would be compacted
+in the middle of a measurement).
 Targets (issue 13): reports_per_s >= 10k (as a ratio to the bare loop), p99 < 5 ms. Writes
 ``bench/results/pnl.json``.
 """
@@ -22,6 +28,7 @@ import asyncio
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from decimal import Decimal
 from typing import Any
@@ -70,12 +77,27 @@ def top(market: str, i: int) -> BookTopUpdated:
                           mid=bid + Decimal("0.005"), spread_bps=Decimal(1), nonce=i, exchange_ts=T0 + i)
 
 
+ARCHIVE: dict[str, str] = {}  # PARQUET_DIR: the run's temporary directory (main)
+
+
 def start_pnl(url: str, **extra: str) -> subprocess.Popen[bytes]:
-    env = dict(os.environ, **extra, REDIS_URL=url, METRICS_PORT=str(free_port()), LOG_LEVEL="WARNING", READ_COUNT="500",
-               BITVAVO_REST_URL="http://127.0.0.1:1/v2", PNL_BOOK_HISTORY_S="0", PAPER_EUR="1000000000",
-               MAX_DAILY_LOSS_PCT="", MAX_DRAWDOWN_PCT="", PNL_WRITE_SECS="0.2")
+    env = dict(os.environ, **ARCHIVE, **extra, REDIS_URL=url, METRICS_PORT=str(free_port()), LOG_LEVEL="WARNING",
+               READ_COUNT="500", BITVAVO_REST_URL="http://127.0.0.1:1/v2", PNL_BOOK_HISTORY_S="0",
+               PAPER_EUR="1000000000", MAX_DAILY_LOSS_PCT="", MAX_DRAWDOWN_PCT="", PNL_WRITE_SECS="0.2")
     return subprocess.Popen([sys.executable, "-m", "services.trader_pnl_orchestrator"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+async def wait_ready(client: aioredis.Redis, proc: subprocess.Popen[bytes], timeout_s: float = 60.0) -> None:
+    """Running, active, and past its start hook: ``trading:pnl`` written (``reset`` deleted it)."""
+    await wait_running(client, proc, GROUP)
+    deadline = time.monotonic() + timeout_s
+    while not await client.exists(streams.PNL):
+        if proc.poll() is not None:
+            raise RuntimeError(f"PnL exited: {proc.stderr.read().decode()[-2000:] if proc.stderr else ''}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"PnL wrote no {streams.PNL} in {timeout_s:.0f} s")
+        await asyncio.sleep(0.01)
 
 
 async def reset(client: aioredis.Redis, markets: list[str]) -> None:
@@ -99,7 +121,7 @@ async def booking_and_marks(client: aioredis.Redis, url: str, n: int, markets: l
     await reset(client, markets)
     proc = start_pnl(url)
     try:
-        await wait_running(client, proc, GROUP)
+        await wait_ready(client, proc)
         msgs = [encode(report(m, i, "tp")) for i in range(n // len(markets)) for m in markets]
         started = time.perf_counter()
         last = await push(client, streams.ORDERS_EXECUTED, msgs)
@@ -122,7 +144,7 @@ async def latency(client: aioredis.Redis, url: str, count: int, rate: int, marke
     sent: dict[str, float] = {}
     got: list[float] = []
     try:
-        await wait_running(client, proc, GROUP)
+        await wait_ready(client, proc)
         task = asyncio.create_task(read_latencies(url, streams.PNL_SNAPSHOTS, sent, count, got))
         await asyncio.sleep(0.2)  # let the reader block before the first report (pacing, not sync)
         interval = 1.0 / rate
@@ -175,7 +197,9 @@ def main() -> None:
     parser.add_argument("--latency-reports", type=int, default=2000)
     parser.add_argument("--rate", type=int, default=1000)
     args = parser.parse_args()
-    result = asyncio.run(main_async(args))
+    with tempfile.TemporaryDirectory(prefix="bench-pnl-parquet-") as parquet:
+        ARCHIVE["PARQUET_DIR"] = parquet
+        result = asyncio.run(main_async(args))
     print_table("bench.pnl — the PnL orchestrator process, 50 open positions",
                 [(k, v) for k, v in result.items() if not isinstance(v, dict)])
     print(f"written {write_result('pnl', result)}")

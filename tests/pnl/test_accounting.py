@@ -21,6 +21,7 @@ from services.trader_pnl_orchestrator.app.accounting import (
     utc_day,
 )
 from tests.core import T0, catalog, report
+from tests.pnl.test_incremental import assert_plain
 from tradestack.clock import FakeClock
 from tradestack.errors import PoisonMessage
 from tradestack.ledger import PositionLedger
@@ -683,6 +684,12 @@ class PnlMachine(RuleBasedStateMachine):
     @invariant()
     def json_round_trips(self) -> None:
         check_json(self.book)
+
+    @invariant()
+    def matches_the_plain_path(self) -> None:
+        # the running sums, cached texts and the snapshot built unvalidated: the same outputs, to the
+        # byte, as summing over the ledger and validating (tests/pnl/test_incremental.py)
+        assert_plain(self.book, self.delivered[-1] if self.delivered else None)
 
 
 TestPnlMachine = PnlMachine.TestCase

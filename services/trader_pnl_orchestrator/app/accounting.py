@@ -80,6 +80,15 @@ Definitions (they hold exactly, in Decimal):
 - ``reports_booked`` counts the reports that returned a ``Booking``; ``updated_ts`` is the largest
   ts of the inputs applied (0 before the first).
 
+Incremental totals: exposure, unrealized, realized and fees are kept as running sums, moved by
+the difference of the one market an input changed (``total − old + new``, each step exact in 60
+digits), so an input costs O(1) whatever the number of positions. These sums equal the plain sums
+over the positions (``_sum``) whenever those are exact, which they are for any number Bitvavo
+sends (a few dozen digits at most); a step that would round makes the book sum afresh instead.
+Texts are kept per held market too (the parts of its ``positions_json`` only a booking changes,
+its normalized size and value for the snapshot) and made again only when that market changes.
+tests/pnl compare every output with the plain computation.
+
 Restart: build a new book with the configured starting equity, refold every report of
 ``orders:executed`` in stream order (duplicates, older states and poison are recognised again),
 re-apply the latest mark of each market, then ``restore(last PnlSnapshotTaken)``. ``restore`` takes
@@ -105,7 +114,7 @@ import datetime as dt
 import decimal
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
@@ -121,6 +130,10 @@ _PCT = decimal.Context(prec=28, rounding=decimal.ROUND_HALF_EVEN)  # percentages
 _DAY_MS = 86_400_000
 _EPOCH = dt.date(1970, 1, 1)
 _CENT = Decimal("0.01")
+# The incremental sums (``_shift``): as _CTX, but an inexact step raises, so the caller sums afresh.
+_EXACT = decimal.Context(prec=60, rounding=decimal.ROUND_HALF_EVEN,
+                         traps=[decimal.Inexact, decimal.InvalidOperation, decimal.Overflow])
+_q = '"'
 
 
 def day_index(ts_ms: int) -> int:
@@ -251,18 +264,22 @@ class PnlTotals:
     updated_ts: int
 
     def to_strings(self) -> dict[str, str]:
-        out: dict[str, str] = {}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            out[f.name] = _s(value) if isinstance(value, Decimal) else str(value)
-        return out
+        """Field → text, in field order (decimals as ``_s``)."""
+        return {"equity": _s(self.equity), "cash": _s(self.cash), "realized": _s(self.realized),
+                "unrealized": _s(self.unrealized), "fees": _s(self.fees), "exposure": _s(self.exposure),
+                "daily_pnl": _s(self.daily_pnl), "day": self.day, "day_start_equity": _s(self.day_start_equity),
+                "peak_equity": _s(self.peak_equity), "drawdown_pct": _s(self.drawdown_pct),
+                "starting_equity": _s(self.starting_equity), "open_positions": str(self.open_positions),
+                "reports_booked": str(self.reports_booked), "updated_ts": str(self.updated_ts)}
 
 
 class PnlBook:
     """Positions (the shared ledger), cash, marks, day and peak; see the module docstring."""
 
     __slots__ = ("quote", "limits", "catalog", "_ledger", "_starting", "_flows", "_marks", "_mark_ts", "_day",
-                 "_day_start", "_peak", "_booked", "_updated_ts", "_vals", "_unreal")
+                 "_day_start", "_peak", "_booked", "_updated_ts", "_vals", "_unreal", "_exposure", "_unreal_sum",
+                 "_realized", "_fees", "_values_exact", "_pnl_exact", "_held", "_names", "_size_n", "_val_n",
+                 "_day_text", "_texts", "_last_texts")
 
     def __init__(self, starting_equity: Decimal, *, quote: str = "EUR", limits: PnlLimits | None = None,
                  catalog: MarketCatalog | None = None, ledger: PositionLedger | None = None) -> None:
@@ -279,12 +296,31 @@ class PnlBook:
         self._marks: dict[str, Decimal] = {}
         self._mark_ts: dict[str, int] = {}
         # Per held market: its market value and (marked) unrealized PnL, kept as reports and marks
-        # arrive: a view costs O(positions) additions, not a walk of the ledger with multiplications.
+        # arrive, and their sums with realized and fees (see "Incremental totals" below): an input
+        # costs O(1), not a walk of the ledger with multiplications.
         self._vals: dict[str, Decimal] = {}
         self._unreal: dict[str, Decimal] = {}
+        # held market → _n(size), _n(value): the snapshot's entries, made when a snapshot needs them
+        # (an input drops its market's), so a burst of inputs between two snapshots normalizes nothing
+        self._size_n: dict[str, Decimal] = {}
+        self._val_n: dict[str, Decimal] = {}
+        self._names: dict[str, tuple[str, str, str]] = {}  # market → (asset, JSON of market, JSON of asset)
+        self._held: list[str] | None = None  # held markets, sorted (None: to sort again)
+        # held market → the parts of its position JSON that only a booking changes (before and after
+        # the mark's part): a mark or a full rewrite formats 4 decimals per market, not 11.
+        self._texts: dict[str, tuple[str, str]] = {}
+        self._last_texts: dict[str, tuple[Decimal, str]] = {}  # totals_json: field → (figure, its text)
+        self._exposure = self._unreal_sum = self._realized = self._fees = ZERO
+        self._values_exact = False  # exposure and unrealized are the exact sums: they may be shifted
+        self._pnl_exact = False  # realized and fees likewise (unknown for a pre-filled ledger: summed afresh)
         for market in self._ledger.positions:
             self._revalue(market)
+        self._resum_values()
+        self._resum_pnl()
+        self._pnl_exact = False  # the ledger may hand a cached sum, whose rounding no flag shows: the first
+                                 # booking sums afresh (the booking clears that cache)
         self._day: int | None = None
+        self._day_text = ""
         self._booked = 0
         self._updated_ts = 0
         equity = self.equity
@@ -299,6 +335,7 @@ class PnlBook:
         self._check_market(report.market, f"report {report.id}", PoisonMessage)
         day = day_index(report.ts)
         before = self.equity if self._day is None or day > self._day else None
+        old = self._ledger.position(report.market)  # the ledger replaces it on a booking, never mutates it
         booking = self._ledger.apply(report)  # PoisonMessage here: the ledger changed nothing
         if booking is not None:
             if booking.side == "buy":
@@ -306,7 +343,17 @@ class PnlBook:
             else:
                 self._flows = _CTX.add(self._flows, _CTX.subtract(booking.delta_quote, booking.fee_quote))
             self._booked += 1
-            self._revalue(report.market)
+            new = self._ledger.position(report.market)
+            assert new is not None
+            realized = fees = None
+            if self._pnl_exact:
+                realized = _shift(self._realized, old.realized if old is not None else ZERO, new.realized)
+                fees = _shift(self._fees, old.fees if old is not None else ZERO, new.fees)
+            if realized is None or fees is None:
+                self._resum_pnl()
+            else:
+                self._realized, self._fees = realized, fees
+            self._revalue(report.market, booked=True)
         self._after_input(day, report.ts, before)
         return booking
 
@@ -330,19 +377,66 @@ class PnlBook:
         self._after_input(day, ts_ms, before)
         return True
 
-    def _revalue(self, market: str) -> None:
+    def _revalue(self, market: str, booked: bool = False) -> None:
+        """Value ``market`` again after its mark or (``booked``) its position changed, and move the
+        sums by the difference."""
         pos = self._ledger.position(market)
+        old_val = self._vals.get(market)
+        old_unreal = self._unreal.get(market, ZERO)
         if pos is None or pos.size <= 0:
-            self._vals.pop(market, None)
+            if old_val is None:
+                return
+            del self._vals[market]
+            self._size_n.pop(market, None)
+            self._val_n.pop(market, None)
+            self._texts.pop(market, None)
             self._unreal.pop(market, None)
-            return
-        mark = self._marks.get(market)
-        with decimal.localcontext(_CTX):
-            self._vals[market] = pos.size * mark if mark is not None else pos.cost
+            self._held = None
+            val, unreal = ZERO, ZERO
+        else:
+            mark = self._marks.get(market)
+            with decimal.localcontext(_CTX):
+                val = pos.size * mark if mark is not None else pos.cost
+                unreal = pos.unrealized(mark) if mark is not None else ZERO
+            self._vals[market] = val
             if mark is not None:
-                self._unreal[market] = pos.unrealized(mark)
+                self._unreal[market] = unreal
             else:
                 self._unreal.pop(market, None)
+            self._val_n.pop(market, None)
+            if booked or old_val is None:
+                self._size_n.pop(market, None)
+                self._texts.pop(market, None)
+            if old_val is None:
+                self._held = None
+                if market not in self._names:
+                    asset = base_quote(market)[0]
+                    self._names[market] = (asset, json.dumps(market), json.dumps(asset))
+        exposure = unrealized = None
+        if self._values_exact:
+            exposure = _shift(self._exposure, old_val if old_val is not None else ZERO, val)
+            unrealized = _shift(self._unreal_sum, old_unreal, unreal)
+        if exposure is None or unrealized is None:
+            self._resum_values()
+        else:
+            self._exposure, self._unreal_sum = exposure, unrealized
+
+    def _resum_values(self) -> None:
+        """Exposure and unrealized summed afresh, as plain sums in ``_CTX`` (at start; after a shift
+        that would round; and on every input while a plain sum rounds: a rounded total is no base
+        to shift from)."""
+        ctx = decimal.Context(prec=_CTX.prec, rounding=_CTX.rounding)  # its own flags: did a step round?
+        self._exposure = _sum(self._vals.values(), ctx)
+        self._unreal_sum = _sum(self._unreal.values(), ctx)
+        self._values_exact = not ctx.flags[decimal.Inexact]
+
+    def _resum_pnl(self) -> None:
+        """Realized and fees summed afresh over the ledger (every market ever traded), as the ledger
+        sums them in ``_CTX``: after a booking, whose ledger keeps no cached sum."""
+        with decimal.localcontext(decimal.Context(prec=_CTX.prec, rounding=_CTX.rounding)) as ctx:
+            self._realized = self._ledger.realized
+            self._fees = self._ledger.fees
+        self._pnl_exact = not ctx.flags[decimal.Inexact]
 
     def set_starting_equity(self, eur: Decimal) -> None:
         """Rebase the book on another starting equity (sandbox/live: the exchange balance at the first
@@ -361,7 +455,7 @@ class PnlBook:
         if snapshot.starting_equity > 0:
             self.set_starting_equity(snapshot.starting_equity)  # a rebase: kept when the snapshot has no day
         if day is not None and (self._day is None or day >= self._day):
-            self._day = day
+            self._set_day(day)
             self._day_start = snapshot.day_start_equity
         # Not the refold's running peak (positions at cost then), nor the equity now: the next input
         # raises the peak to the equity if it is above (drawdown is 0 meanwhile).
@@ -369,10 +463,17 @@ class PnlBook:
 
     def _after_input(self, day: int, ts_ms: int, equity_before: Decimal | None) -> None:
         if equity_before is not None:  # the first input of a later day: the previous day closed here
-            self._day = day
+            self._set_day(day)
             self._day_start = equity_before
-        self._updated_ts = max(self._updated_ts, ts_ms)
-        self._peak = max(self._peak, self.equity)
+        if ts_ms > self._updated_ts:
+            self._updated_ts = ts_ms
+        equity = self.equity
+        if equity > self._peak:
+            self._peak = equity
+
+    def _set_day(self, day: int) -> None:
+        self._day = day
+        self._day_text = day_name(day)
 
     def _check_market(self, market: str, what: str, error: type[Exception]) -> None:
         try:
@@ -416,29 +517,27 @@ class PnlBook:
     @property
     def exposure(self) -> Decimal:
         """Σ market values of the open positions (size × mark, or cost without a mark)."""
-        return _sum(self._values().values())
+        return self._exposure
 
     def exposure_by_asset(self) -> dict[str, Decimal]:
         """Base asset → market value of its open position."""
-        return {base_quote(m)[0]: v for m, v in self._values().items()}
+        return {self._names[m][0]: v for m, v in self._values().items()}
 
     @property
     def equity(self) -> Decimal:
-        return _CTX.add(self.cash, self.exposure)
+        return _CTX.add(_CTX.add(self._starting, self._flows), self._exposure)
 
     @property
     def realized(self) -> Decimal:
-        with decimal.localcontext(_CTX):
-            return self._ledger.realized
+        return self._realized
 
     @property
     def unrealized(self) -> Decimal:
-        return _sum(self._unreal.values())
+        return self._unreal_sum
 
     @property
     def fees(self) -> Decimal:
-        with decimal.localcontext(_CTX):
-            return self._ledger.fees
+        return self._fees
 
     @property
     def positions(self) -> dict[str, PositionView]:
@@ -460,7 +559,7 @@ class PnlBook:
     @property
     def day(self) -> str:
         """UTC date of the latest input (``YYYY-MM-DD``), "" before the first."""
-        return day_name(self._day) if self._day is not None else ""
+        return self._day_text
 
     @property
     def day_start_equity(self) -> Decimal:
@@ -527,15 +626,18 @@ class PnlBook:
     # -- outputs --------------------------------------------------------------------------
 
     def totals(self) -> PnlTotals:
-        values = self._values()
-        exposure = _sum(values.values())
-        cash = self.cash
+        exposure = self._exposure
+        cash = _CTX.add(self._starting, self._flows)
         equity = _CTX.add(cash, exposure)
-        return PnlTotals(equity=equity, cash=cash, realized=self.realized, unrealized=self.unrealized, fees=self.fees,
-                         exposure=exposure, daily_pnl=_CTX.subtract(equity, self._day_start), day=self.day,
-                         day_start_equity=self._day_start, peak_equity=self._peak,
-                         drawdown_pct=self._drawdown_pct(equity), starting_equity=self._starting,
-                         open_positions=len(values), reports_booked=self._booked, updated_ts=self._updated_ts)
+        return PnlTotals(equity, cash, self._realized, self._unreal_sum, self._fees, exposure,
+                         _CTX.subtract(equity, self._day_start), self._day_text, self._day_start, self._peak,
+                         self._drawdown_pct(equity), self._starting, len(self._vals), self._booked, self._updated_ts)
+
+    def _held_sorted(self) -> list[str]:
+        held = self._held
+        if held is None:
+            held = self._held = sorted(self._vals)
+        return held
 
     def snapshot(self, factory: MessageFactory, parent: Message | None, mode: Mode, *,
                  key: str | None = None, totals: PnlTotals | None = None) -> PnlSnapshotTaken:
@@ -543,41 +645,109 @@ class PnlBook:
         caused it), or a root message keyed ``key`` (default ``snapshot/<now ms>``) for a timer's.
         ``totals``: this moment's ``totals()`` when the caller has them already."""
         t = totals if totals is not None else self.totals()
-        values = self._values()
-        data: dict[str, Any] = dict(
-            equity=_n(t.equity), realized=_n(t.realized), unrealized=_n(t.unrealized), fees=_n(t.fees),
-            exposure=_n(t.exposure), positions={m: _n(p.size) for m, p in sorted(self._ledger.positions.items())},
-            cash=_n(t.cash), starting_equity=_n(t.starting_equity), day=t.day, day_start_equity=_n(t.day_start_equity),
-            daily_pnl=_n(t.daily_pnl), peak_equity=_n(t.peak_equity), drawdown_pct=_n(t.drawdown_pct),
-            exposure_by_asset={base_quote(m)[0]: _n(v) for m, v in sorted(values.items())},
-            reports_booked=t.reports_booked, mode=mode)
+        held, names, size_n, val_n = self._held_sorted(), self._names, self._size_n, self._val_n
+        if len(size_n) < len(held) or len(val_n) < len(held):
+            ledger, vals = self._ledger, self._vals
+            for m in held:
+                if m not in size_n:
+                    size_n[m] = _n(ledger.size(m))
+                if m not in val_n:
+                    val_n[m] = _n(vals[m])
+        equity, realized, unrealized, fees, exposure = _n(t.equity), _n(t.realized), _n(t.unrealized), _n(t.fees), \
+            _n(t.exposure)
+        # The envelope (id, ts, src, trace, v) from the factory, validated, on the five required
+        # figures; the rest by model_copy, unvalidated: these are Decimals, strings and ints made
+        # here (validating them, a Python validator per Decimal, was most of a snapshot's cost).
+        # tests/pnl check the result equals the fully validated message, field by field and on the wire.
+        env: dict[str, Any] = dict(equity=equity, realized=realized, unrealized=unrealized, fees=fees,
+                                   exposure=exposure, positions={})
         if parent is not None:
-            return factory.child(parent, PnlSnapshotTaken, **data)
-        return factory.root(PnlSnapshotTaken, key or f"snapshot/{factory.clock.now_ms()}", **data)
+            msg = factory.child(parent, PnlSnapshotTaken, **env)
+        else:
+            msg = factory.root(PnlSnapshotTaken, key or f"snapshot/{factory.clock.now_ms()}", **env)
+        return msg.model_copy(update=dict(
+            positions={m: size_n[m] for m in held}, cash=_n(t.cash), starting_equity=_n(t.starting_equity),
+            day=t.day, day_start_equity=_n(t.day_start_equity), daily_pnl=_n(t.daily_pnl),
+            peak_equity=_n(t.peak_equity), drawdown_pct=_n(t.drawdown_pct),
+            exposure_by_asset={names[m][0]: val_n[m] for m in held}, reports_booked=t.reports_booked, mode=mode))
 
     def positions_json(self) -> dict[str, str]:
         """Market → compact JSON of its ``PositionView`` (decimals as strings without exponent or
-        trailing zeros, times as integers, null for no mark), open positions only:
-        the writer deletes the hash fields of markets no longer listed."""
-        return {m: json.dumps(v.to_json(), separators=(",", ":")) for m, v in self.positions.items()}
+        trailing zeros, times as integers, null for no mark), open positions only, sorted by market:
+        the writer deletes the hash fields of markets no longer listed. The same text as
+        ``json.dumps(view.to_json(), separators=(",", ":"))``, written directly (tests/pnl compare)."""
+        out: dict[str, str] = {}
+        for m in self._held_sorted():
+            text = self.position_json(m)
+            assert text is not None
+            out[m] = text
+        return out
 
     def position_json(self, market: str) -> str | None:
         """``positions_json`` of one market (None when it holds nothing): what one report changes."""
         pos = self._ledger.position(market)
         if pos is None or pos.size <= 0:
             return None
-        return json.dumps(self._view(market, pos).to_json(), separators=(",", ":"))
+        texts = self._texts.get(market)
+        if texts is None:
+            with decimal.localcontext(_CTX):  # as _view
+                avg_cost, avg_price = pos.avg_cost, pos.avg_price
+            assert avg_cost is not None and avg_price is not None  # open: size > 0
+            _, market_json, asset_json = self._names[market]
+            # The decimals' text is digits, "-" and "." only: nothing to escape.
+            texts = self._texts[market] = (
+                f'{{"market":{market_json},"asset":{asset_json},"size":"{_s(pos.size)}",'
+                f'"avg_cost":"{_s(avg_cost)}","avg_price":"{_s(avg_price)}","cost":"{_s(pos.cost)}",'
+                f'"open_fees":"{_s(pos.open_fees)}","realized":"{_s(pos.realized)}","fees":"{_s(pos.fees)}",',
+                f'"opened_ts":{"null" if pos.opened_ts is None else int(pos.opened_ts)},'
+                f'"updated_ts":{int(pos.updated_ts)}}}')
+        mark, mark_ts = self._marks.get(market), self._mark_ts.get(market)
+        return (f'{texts[0]}"mark":{"null" if mark is None else f"{_q}{_s(mark)}{_q}"},'
+                f'"mark_ts":{"null" if mark_ts is None else int(mark_ts)},"value":"{_s(self._vals[market])}",'
+                f'"unrealized":{"null" if mark is None else f"{_q}{_s(self._unreal[market])}{_q}"},{texts[1]}')
 
     def totals_json(self, totals: PnlTotals | None = None) -> dict[str, str]:
-        """Field → string (decimals without exponent or trailing zeros) for the ``trading:pnl`` hash."""
-        return (totals if totals is not None else self.totals()).to_strings()
+        """Field → string (decimals without exponent or trailing zeros) for the ``trading:pnl`` hash:
+        ``PnlTotals.to_strings``, with the text of a figure equal to the last one's taken again
+        (starting and day-start equity, the peak, realized on a buy...: an equal number, one text)."""
+        t = totals if totals is not None else self.totals()
+        last = self._last_texts
+
+        def text(name: str, value: Decimal) -> str:
+            seen = last.get(name)
+            if seen is not None and seen[0] == value:
+                return seen[1]
+            out = _s(value)
+            last[name] = (value, out)
+            return out
+
+        return {"equity": text("equity", t.equity), "cash": text("cash", t.cash),
+                "realized": text("realized", t.realized), "unrealized": text("unrealized", t.unrealized),
+                "fees": text("fees", t.fees), "exposure": text("exposure", t.exposure),
+                "daily_pnl": text("daily_pnl", t.daily_pnl), "day": t.day,
+                "day_start_equity": text("day_start_equity", t.day_start_equity),
+                "peak_equity": text("peak_equity", t.peak_equity), "drawdown_pct": text("drawdown_pct", t.drawdown_pct),
+                "starting_equity": text("starting_equity", t.starting_equity),
+                "open_positions": str(t.open_positions), "reports_booked": str(t.reports_booked),
+                "updated_ts": str(t.updated_ts)}
 
 
-def _sum(values: Iterable[Decimal]) -> Decimal:
+def _sum(values: Iterable[Decimal], ctx: decimal.Context = _CTX) -> Decimal:
     total = ZERO
     for value in values:
-        total = _CTX.add(total, value)
+        total = ctx.add(total, value)
     return total
+
+
+def _shift(total: Decimal, old: Decimal, new: Decimal) -> Decimal | None:
+    """``total − old + new`` when both steps are exact in 60 digits, else None (then the caller
+    sums afresh, exactly as ``_sum`` would). ``total`` must be an exact sum."""
+    if old == new:
+        return total
+    try:
+        return _EXACT.add(_EXACT.subtract(total, old), new)
+    except decimal.Inexact:
+        return None
 
 
 __all__ = ["PnlBook", "PnlLimits", "PnlTotals", "PositionView", "day_index", "day_name", "utc_day"]

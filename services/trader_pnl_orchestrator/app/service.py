@@ -304,10 +304,11 @@ def setup(service: Service[Settings]) -> None:
         metrics.drawdown.set(float(b.drawdown_pct))
         metrics.peak.set(float(b.peak_equity))
         metrics.exposure.clear()
-        for asset, value in b.exposure_by_asset().items():
+        exposure = b.exposure_by_asset()
+        for asset, value in exposure.items():
             metrics.exposure.labels(asset=asset).set(float(value))
         metrics.global_exposure.set(float(b.exposure))
-        metrics.open_positions.set(len(b.positions))
+        metrics.open_positions.set(len(exposure))
         return []
 
     service.use_lease()
