@@ -35,10 +35,10 @@ def test_an_old_whole_json_paper_account_is_restored_and_rewritten_as_a_hash(rcl
         wait_until(lambda: by_purpose(rclient, "stop", "awaitingTrigger"), timeout_s=20, what="the stop resting")
         assert rclient.type("executor:paper") == b"hash"
         fields = rclient.hgetall("executor:paper")
-        meta = orjson.loads(fields.pop(b"meta"))
-        eur_available, eur_held = (Decimal(x) for x in meta["balances"]["EUR"])
+        eur_available, eur_held = (Decimal(x) for x in orjson.loads(fields[b"b:EUR"]))
         assert eur_available + eur_held < Decimal("777")  # the old account's EUR, spent on the entry
-        orders = [orjson.loads(v) for v in fields.values()]
+        assert b"b:BTC" in fields and b"balances" not in orjson.loads(fields[b"meta"])
+        orders = [orjson.loads(v) for k, v in fields.items() if k.startswith(b"o:")]
         assert sorted(o["order_type"] for o in orders) == ["limit", "stopLoss"]
     finally:
         stop(proc)

@@ -586,15 +586,17 @@ def test_incremental_saves_restore_the_same_broker_as_a_full_snapshot() -> None:
     saved: dict[str, object] = {}
     for i, step in enumerate(steps):
         step(b)
-        meta, changed, dropped = b.take_changes()
+        meta, balances, changed, dropped = b.take_changes()
         saved["meta"] = json.loads(json.dumps(meta))
+        saved.update({f"b:{a}": json.loads(json.dumps(v)) for a, v in balances.items()})
         saved.update({f"o:{oid}": json.loads(json.dumps(o)) for oid, o in changed.items()})
         for oid in dropped:
             saved.pop(f"o:{oid}")
-        restored = PaperBroker.restore_parts(saved["meta"], [v for k, v in saved.items() if k != "meta"],  # type: ignore[misc]
-                                             CATALOG)
+        restored = PaperBroker.restore_parts(
+            saved["meta"], {k[2:]: v for k, v in saved.items() if k.startswith("b:")},  # type: ignore[arg-type]
+            [v for k, v in saved.items() if k.startswith("o:")], CATALOG)  # type: ignore[misc]
         assert restored.snapshot(books=False) == json.loads(json.dumps(b.snapshot(books=False))), f"after step {i}"
-    assert b.take_changes()[1:] == ({}, [])  # nothing changed since the last take
+    assert b.take_changes()[1:] == ({}, {}, [])  # nothing changed since the last take
     assert len([k for k in saved if k.startswith("o:")]) < len(steps)  # closed orders did drop out
 
 

@@ -357,6 +357,7 @@ class PaperBroker:
         self._touched: dict[str, _Order] = {}  # orders changed by the current book, in order of change
         # For incremental persistence (``take_changes``): orders changed or dropped since the last take.
         self._dirty: set[str] = set()
+        self._dirty_bal: set[str] = set(self._bal)  # the starting balances are saved with the first take
         self._dropped: set[str] = set()
         self._by_client_id: dict[tuple[str, str], list[str]] = {}  # (market, clientOrderId) → order ids, oldest first
 
@@ -581,37 +582,44 @@ class PaperBroker:
             data["books"] = {market: book.to_json() for market, book in self._books.items()}
         return data
 
-    def snapshot_head(self) -> dict[str, Any]:
-        """``snapshot(books=False)`` without the orders: what changes with every order, but small."""
-        return {"v": SNAPSHOT_VERSION, "seq": self._seq, "maker_fee": _s(self.maker_fee),
-                "taker_fee": _s(self.taker_fee), "slippage_bps": _s(self.slippage_bps),
-                "keep_closed": self.keep_closed,
-                "balances": {asset: [_s(b[0]), _s(b[1])] for asset, b in self._bal.items()},
-                "closed": list(self._closed)}
+    def snapshot_head(self, *, balances: bool = True) -> dict[str, Any]:
+        """``snapshot(books=False)`` without the orders (and without the balances when asked)."""
+        head: dict[str, Any] = {"v": SNAPSHOT_VERSION, "seq": self._seq, "maker_fee": _s(self.maker_fee),
+                                "taker_fee": _s(self.taker_fee), "slippage_bps": _s(self.slippage_bps),
+                                "keep_closed": self.keep_closed, "closed": list(self._closed)}
+        if balances:
+            head["balances"] = {asset: [_s(b[0]), _s(b[1])] for asset, b in self._bal.items()}
+        return head
 
-    def take_changes(self) -> tuple[dict[str, Any], dict[str, dict[str, Any]], list[str]]:
-        """What changed since the last take, for an incremental save: (``snapshot_head()``, the changed
-        orders' JSON by id, the ids of orders dropped). Saving the three and restoring with
-        ``restore_parts`` gives the same broker as ``snapshot(books=False)``/``restore``."""
+    def take_changes(self) -> tuple[dict[str, Any], dict[str, list[str]], dict[str, dict[str, Any]], list[str]]:
+        """What changed since the last take, for an incremental save: (``snapshot_head()`` without
+        the balances, the changed balances by asset, the changed orders' JSON by id, the ids of
+        orders dropped). Saving them and restoring with ``restore_parts`` gives the same broker as
+        ``snapshot(books=False)``/``restore``. Cost: what changed, not every asset and order."""
+        head = {k: v for k, v in self.snapshot_head(balances=False).items()}
+        balances = {a: [_s(self._bal[a][0]), _s(self._bal[a][1])] for a in sorted(self._dirty_bal) if a in self._bal}
         changed = {oid: self._orders[oid].to_json() for oid in sorted(self._dirty) if oid in self._orders}
         dropped = sorted(self._dropped)
         self._dirty.clear()
+        self._dirty_bal.clear()
         self._dropped.clear()
-        return self.snapshot_head(), changed, dropped
+        return head, balances, changed, dropped
 
     def mark_all_changed(self) -> None:
-        """The next ``take_changes`` returns every order (a full rewrite)."""
+        """The next ``take_changes`` returns every balance and order (a full rewrite)."""
         self._dirty = set(self._orders)
+        self._dirty_bal = set(self._bal)
 
     @classmethod
-    def restore_parts(cls, meta: Mapping[str, Any], orders: Iterable[Mapping[str, Any]], catalog: MarketCatalog,
-                      **kw: Any) -> PaperBroker:
+    def restore_parts(cls, meta: Mapping[str, Any], balances: Mapping[str, Any], orders: Iterable[Mapping[str, Any]],
+                      catalog: MarketCatalog, **kw: Any) -> PaperBroker:
         """The broker saved by ``take_changes`` (orders in any order: placement order is their seq)."""
         try:
             ordered = sorted(orders, key=lambda o: (int(o["created"]), int(o["seq"])))
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"paper state is malformed: {exc!r}") from None
-        return cls.restore({**meta, "orders": ordered}, catalog, **kw)
+        return cls.restore({**meta, "balances": {**meta.get("balances", {}), **balances}, "orders": ordered},
+                           catalog, **kw)
 
     @classmethod
     def restore(cls, data: Mapping[str, Any], catalog: MarketCatalog, *, maker_fee: Decimal | None = None,
@@ -723,6 +731,8 @@ class PaperBroker:
 
     # ---- funds ---------------------------------------------------------------------------------
     def _balance(self, asset: str) -> list[Decimal]:
+        """The asset's [available, in order], to change: every change of a balance comes through here."""
+        self._dirty_bal.add(asset)
         b = self._bal.get(asset)
         if b is None:
             b = self._bal[asset] = [ZERO, ZERO]

@@ -75,8 +75,9 @@ METRICS_PREFIX = "trader_executor"
 READS = [streams.ORDERS_SHADOW]
 WRITES = [streams.ORDERS_EXECUTED, streams.TRADING_EVENTS]
 KEYS = [streams.KILL, streams.KILL_REASON]
-# The paper account, written in the commit of the reports its changes made: a hash with "meta" (balances,
-# fees, the sequence) and one "o:<order id>" field per order kept, so a commit writes only what changed.
+# The paper account, written in the commit of the reports its changes made: a hash with "meta" (fees, the
+# sequence, the closed orders kept), one "b:<asset>" field per balance and one "o:<order id>" per order
+# kept, so a commit writes only what changed.
 PAPER_STATE = "executor:paper"
 MAX_COMMANDS = 64  # per input: a bug that loops never hammers the exchange
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -307,10 +308,11 @@ def setup(service: Service[Settings]) -> None:
         adapter = holder.get("paper")
         if not isinstance(adapter, PaperBrokerAdapter) or not adapter.changed:
             return []
-        meta, changed, dropped = adapter.paper.take_changes()
+        meta, balances, changed, dropped = adapter.paper.take_changes()
         adapter.changed = False
         out: list[Effect] = [DelKey(PAPER_STATE)] if holder.pop("paper_rewrite", False) else []
         out.append(HashSet(PAPER_STATE, {"meta": orjson.dumps(meta),
+                                         **{f"b:{asset}": orjson.dumps(b) for asset, b in balances.items()},
                                          **{f"o:{oid}": orjson.dumps(o) for oid, o in changed.items()}}))
         if dropped:
             out.append(HashDel(PAPER_STATE, tuple(f"o:{oid}" for oid in dropped)))
@@ -327,11 +329,14 @@ def setup(service: Service[Settings]) -> None:
             paper.mark_all_changed()
             holder["paper_rewrite"] = True
             return paper
-        fields = await service.redis.hgetall(PAPER_STATE)
+        fields = {(k.decode() if isinstance(k, bytes) else k): v
+                  for k, v in (await service.redis.hgetall(PAPER_STATE)).items()}
         if not fields:
             return None
-        meta = orjson.loads(fields.pop(b"meta"))
-        return PaperBroker.restore_parts(meta, [orjson.loads(v) for v in fields.values()], catalog, **fees)
+        meta = orjson.loads(fields.pop("meta"))
+        balances = {k[2:]: orjson.loads(v) for k, v in fields.items() if k.startswith("b:")}
+        orders = [orjson.loads(v) for k, v in fields.items() if k.startswith("o:")]
+        return PaperBroker.restore_parts(meta, balances, orders, catalog, **fees)
 
     def rest_client(**kw: Any) -> BitvavoRest:
         # The shared budget paces every process of the key; this process's own cap is the same limit
