@@ -456,6 +456,7 @@ class ConsumerLoop(Committer):
         self._backoff = Backoff(0.1, 5.0)
         self._healthy: bool | None = None
         self._inflight: asyncio.Future[None] | None = None  # the commit of the previous batch
+        self._short_read = False  # the last read returned fewer entries than READ_COUNT on every stream
         self._recent: dict[str, None] = {}  # message ids handled lately (insertion-ordered, bounded)
         # Batches handled whose commit is not known to have applied: their duplicate markers.
         self._unconfirmed: list[list[tuple[str, str]]] = []
@@ -505,8 +506,13 @@ class ConsumerLoop(Committer):
                     await self.refresh_group_metrics()
                 if self._inflight is not None:
                     # Never block while a commit is in flight: read what is there (overlapping the
-                    # commit), and when nothing is, settle the commit so its errors surface now.
-                    if not await self.read_once(">", block_ms=None, overlap=True):
+                    # commit), and when nothing is, settle the commit so its errors surface now. After a
+                    # short batch the stream was drained a moment ago: settle the commit and block at once
+                    # (an empty read there cost a round trip per message at low rates).
+                    if self._short_read:
+                        await self.flush()
+                        await self.read_once(">", block_ms=self.config.block_ms, overlap=True)
+                    elif not await self.read_once(">", block_ms=None, overlap=True):
                         await self.flush()
                 else:
                     await self.read_once(">", block_ms=self.config.block_ms, overlap=True)
@@ -600,6 +606,7 @@ class ConsumerLoop(Committer):
         ids = {s: start for s in self.streams} if isinstance(start, str) else dict(start)
         resp = await self.redis.xreadgroup(self.group, self.consumer, ids,  # type: ignore[arg-type]
                                            count=self.config.read_count, block=block_ms)
+        self._short_read = True
         if not resp:
             return {}
         items: Any = resp.items() if isinstance(resp, dict) else resp
@@ -610,6 +617,8 @@ class ConsumerLoop(Committer):
             if entries:
                 name = _s(stream)
                 last[name] = _s(entries[-1][0])
+                if len(entries) >= self.config.read_count:
+                    self._short_read = False
                 await self.process(name, entries, check_deliveries=check_deliveries, overlap=overlap)
         return last
 
