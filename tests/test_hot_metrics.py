@@ -52,3 +52,25 @@ def test_hot_histogram_scrapes_like_a_prometheus_histogram() -> None:
     assert got == want
     assert got[("a_lat_seconds_bucket", (("le", "0.005"),))] == 4  # le: a value on the bound counts in it
     assert got[("a_lat_seconds_count", ())] == len(values)
+
+
+def test_handle_seconds_scrapes_like_a_labelled_prometheus_histogram() -> None:
+    """The loop's per-message histogram (HotHistogramVec): the same series as prometheus_client's
+    labelled Histogram with the same buckets (less ``_created``)."""
+    from tradestack.metrics import HANDLE_BUCKETS
+
+    values = {"s:1": [0.00004, 0.0003, 0.002, 1.5, 9.0], "s:2": [0.0001]}
+    hot = ServiceMetrics("b")
+    ref = ServiceMetrics("c")
+    r = ref.histogram("handle_seconds_ref", "doc", ["stream"], buckets=HANDLE_BUCKETS)
+    for stream, vs in values.items():
+        for v in vs:
+            hot.handle_seconds.labels(stream=stream).observe(v)
+            r.labels(stream=stream).observe(v)
+
+    def series(metrics: ServiceMetrics, name: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        return {(k[0].replace(name, "x"), k[1]): v for k, v in scrape(metrics).items()
+                if k[0].startswith(name) and not k[0].endswith("_created")}
+
+    assert series(hot, "b_handle_seconds") == series(ref, "c_handle_seconds_ref")
+    assert series(hot, "b_handle_seconds")[("x_count", (("stream", "s:1"),))] == 5
