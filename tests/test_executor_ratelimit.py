@@ -69,3 +69,30 @@ def test_a_short_budget_refuses_entries_and_lets_the_exit_behind_them_protect_th
         if proc is not None:
             err = stop(proc)
             assert proc.returncode == 0, err
+
+
+def test_an_entry_waits_out_a_ban_longer_than_its_budget_wait_instead_of_being_refused(
+        redis_url: str, rclient: redis.Redis, sandbox: tuple[SandboxThread, Sandbox]) -> None:
+    """A 105 ban stops every request of the key, protective ones too: an entry is not refused for it
+    (as it is when only the budget left after the reserve is short), it goes once the ban is over."""
+    thread, sb = sandbox
+    proc: subprocess.Popen[bytes] | None = None
+    try:
+        proc = spawn(EXECUTOR, {**env(redis_url, sb), "EXECUTOR_ENTRY_BUDGET_WAIT_S": "0.5"})
+        wait_until(lambda: b'"running"' in (rclient.get(streams.heartbeat("trader_executor")) or b""),
+                   timeout_s=20, what="the executor running")
+        ask = best_ask(sb, "BTC-EUR")
+        stop_price = (ask * Decimal("0.8")).quantize(Decimal(1), rounding=ROUND_DOWN)
+        banned_until = now_ms(rclient) + 2_000
+        rclient.hset(KEY_PREFIX + key_scope(sb.api_key), mapping={"banned_until": banned_until})
+        intent = entry(3, amount="0.001", ref=None, stop=str(stop_price), mode="sandbox")
+        rclient.xadd(streams.ORDERS_SHADOW, encode(intent.model_copy(update={"ts": now_ms(rclient)})))
+        wait_until(lambda: [r for r in by_purpose(rclient, "stop", "awaitingTrigger") if r.position_id == intent.id],
+                   timeout_s=20, what="the entry through after the ban, its stop resting")
+        assert not [r for r in by_purpose(rclient, "entry", "rejected") if r.intent_id == intent.id]
+        placed = [r for r in by_purpose(rclient, "entry") if r.intent_id == intent.id and r.order_id]
+        assert placed and min(r.ts for r in placed) >= banned_until  # nothing went out during the ban
+    finally:
+        if proc is not None:
+            err = stop(proc)
+            assert proc.returncode == 0, err

@@ -140,6 +140,7 @@ class SharedRateBudget:
         self.waits: Counter[str] = Counter()  # by priority
         self.bans: Counter[str] = Counter()  # by scope
         self.redis_down = 0
+        self.last_why = ""  # why the last acquire said wait: banned, exchange_remaining, minute_budget
 
     def _reserve(self, priority: Priority) -> int:
         return 0 if priority == "protective" else self.protective_reserve
@@ -161,9 +162,11 @@ class SharedRateBudget:
             return None
         self.remaining[scope] = int(left)
         if int(wait_ms) <= 0:
+            self.last_why = ""
             return 0.0
         self.waits[priority] += 1
         why_name = {1: "banned", 2: "exchange_remaining", 3: "minute_budget"}.get(int(why), str(why))
+        self.last_why = why_name
         log.info("ratelimit_wait", scope=scope, priority=priority, wait_ms=int(wait_ms), why=why_name, left=int(left))
         return int(wait_ms) / 1000 + 0.01
 

@@ -274,19 +274,23 @@ class BitvavoRest:
                               priority: Priority | None = None, max_wait_s: float | None = None) -> float | None:
         """Wait, without spending and without holding the request lock, until a request of
         ``weight`` at ``priority`` would be granted; the seconds waited, or None (without waiting on)
-        as soon as the wait would pass ``max_wait_s``. The executor asks here before it starts an
-        entry, so a short budget delays or refuses entries and never holds up protective orders."""
+        as soon as a wait for the *budget* would pass ``max_wait_s``. The executor asks here before it
+        starts an entry, so a short budget delays or refuses entries and never holds up protective
+        orders. A 105 ban is waited out whatever its length: it stops every request of the key, the
+        protective ones too, so refusing the entry would gain nothing (reference §7)."""
         waited = 0.0
         scope = key_scope(credentials.key) if credentials is not None else self.ip_scope
         priority = priority or PRIORITY.get()
         while True:
             wait = self.budget.delay(weight, self.clock.monotonic(), self.clock.now_ms(),
                                      0 if priority == "protective" else None)
+            banned = self.budget.banned_until_ms > self.clock.now_ms()
             if wait <= 0 and self.shared is not None:
                 wait = await self.shared.acquire(scope, weight, priority, spend=False) or 0.0
+                banned = banned or self.shared.last_why == "banned"
             if wait <= 0:
                 return waited
-            if max_wait_s is not None and waited + wait > max_wait_s:
+            if max_wait_s is not None and waited + wait > max_wait_s and not banned:
                 return None
             await self.sleep(wait)
             waited += wait
