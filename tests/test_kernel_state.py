@@ -484,3 +484,35 @@ def test_a_long_batch_of_heavy_handlers_does_not_starve_the_lease_renewal(redis_
 
     asyncio.run(scenario())
     assert rclient.xlen(OUT_S) == 40
+
+
+def test_a_start_up_longer_than_the_lease_ttl_keeps_the_lease(redis_url: str, rclient: redis.Redis) -> None:
+    """The lease is renewed from the moment it is held, start hooks and rebuilds included: a start-up
+    that outlasts the TTL (a long rebuild, a hook waiting out a 105 ban) still commits afterwards,
+    rather than crashing on LeaseLost at its first commit (found: an executor whose start-up hit a ban)."""
+    from tradestack.config import CommonSettings
+    from tradestack.service import Service
+
+    settings = CommonSettings(redis_url=redis_url, lease_ttl_ms=500, heartbeat_every_s=0.2)
+    rclient.xadd(IN, encode(event(1)))
+
+    async def scenario() -> int:
+        svc = Service("svc", settings, "t_slow_start")
+        svc.use_lease()
+
+        async def slow_start() -> None:
+            await asyncio.sleep(1.5)  # the slow start-up under test (three TTLs), not a synchronisation
+
+        svc.on_start(slow_start)
+        svc.consume([IN], lambda msg, d: [Output(OUT_S, msg.model_copy(update={"id": derive_id(msg.id, "o")}))])
+        task = asyncio.create_task(svc.run())
+        deadline = asyncio.get_running_loop().time() + 20
+        while not rclient.xlen(OUT_S):
+            assert not task.done(), "the service stopped"
+            assert asyncio.get_running_loop().time() < deadline, "no output"
+            await asyncio.sleep(0.02)  # polling a condition with a deadline
+        svc.request_stop("test done")
+        return await asyncio.wait_for(task, 10)
+
+    assert asyncio.run(scenario()) == 0
+    assert rclient.xlen(OUT_S) == 1

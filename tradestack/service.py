@@ -417,6 +417,22 @@ class Service(Generic[S]):
             except REDIS_DOWN:
                 pass  # unknown for now; the commit script's fence protects meanwhile
 
+    async def _prepare_while_renewing(self, renewer: asyncio.Task[None] | None) -> bool:
+        """``_prepare()``, given up at once if the lease is lost meanwhile (the renewer raises
+        LeaseLost, which propagates) or the process is stopping (False)."""
+        if renewer is None:
+            await self._prepare()
+            return True
+        prep = asyncio.create_task(self._prepare(), name="prepare")
+        done, _ = await asyncio.wait({prep, renewer}, return_when=asyncio.FIRST_COMPLETED)
+        if prep not in done:
+            prep.cancel()
+            await asyncio.gather(prep, return_exceptions=True)
+            renewer.result()  # LeaseLost propagates; a renewer that simply ended saw the stop
+            return False
+        prep.result()
+        return True
+
     async def _active(self) -> None:
         """Wait for Redis and the lease, prepare, then run loops, timers and tasks until stopped."""
         await self._wait_for_redis()
@@ -424,13 +440,22 @@ class Service(Generic[S]):
             return
         if self.stop.is_set():
             return
-        await self._prepare()
+        # The lease is renewed from the moment it is held: a start-up that outlasts its TTL (a long
+        # rebuild, a start hook waiting out a 105 ban) must not lose it and crash on the first commit.
+        renewer = asyncio.create_task(self._renew_lease(), name="lease") if self.lease is not None else None
+        try:
+            if not await self._prepare_while_renewing(renewer):
+                return
+        except BaseException:
+            if renewer is not None:
+                renewer.cancel()
+            raise
         children = [asyncio.create_task(cl.run(self.stop), name=f"consume:{','.join(cl.streams)}")
                     for cl in self._loops]
         children += [asyncio.create_task(self._timer_task(t), name=f"timer:{t.name}") for t in self._timers]
         children += [asyncio.create_task(factory(), name=name) for name, factory in self._tasks]
-        if self.lease is not None:
-            children.append(asyncio.create_task(self._renew_lease(), name="lease"))
+        if renewer is not None:
+            children.append(renewer)
         if not children:
             await self.stop.wait()
             return

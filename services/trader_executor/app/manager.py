@@ -1425,6 +1425,12 @@ class OrderManager:
             p.emergency_n = max(p.emergency_n, n)
         return t
 
+    def order_ref(self, market: str, order_id: str) -> tuple[str, bool] | None:
+        """(clientOrderId, known final) of one of our orders by the exchange's id; None: not ours, or
+        not acknowledged yet."""
+        t = self._by_order_id.get((market, order_id))
+        return (t.coid, t.final) if t is not None else None
+
     def knows(self, state: OrderState) -> bool:
         """The order is ours and already known in exactly this status with this much filled: an
         account event that says only that needs no REST read of the order (rate limit)."""

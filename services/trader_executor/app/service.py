@@ -43,7 +43,7 @@ from services.trader_executor.app.manager import (
 from services.trader_executor.app.paper import PaperBroker
 from services.trader_executor.app.timing import IntentTimer
 from tradestack import streams
-from tradestack.bitvavo.orders import OrderState
+from tradestack.bitvavo.orders import Fill, OrderState
 from tradestack.bitvavo.parse import ParseError
 from tradestack.bitvavo.private import AccountStream, BitvavoPrivate
 from tradestack.bitvavo.rest import BitvavoRest, OrderNotFound, RestError, RestUnavailable
@@ -510,20 +510,38 @@ def setup(service: Service[Settings]) -> None:
     async def on_account_order(state: OrderState) -> None:
         # The socket's event is a wake-up: the order's full state (fills, fees) comes from REST.
         async with lock:
-            m = manager()
-            step = Step()
-            if m.knows(state):
+            if manager().knows(state):
                 return  # nothing new (e.g. the event of a state the place or cancel answer gave already)
             if state.client_order_id:
-                try:
-                    full = await broker().get(state.market, state.client_order_id)
-                except (RestError, OSError, TimeoutError, ParseError) as exc:
-                    log.warning("order_state_unavailable", client_order_id=state.client_order_id, error=str(exc))
+                await read_order(state.market, state.client_order_id)
+
+    async def read_order(market: str, client_order_id: str) -> None:
+        """Under the lock: the order's state by REST (one point), driven through the manager."""
+        m = manager()
+        try:
+            full = await broker().get(market, client_order_id)
+        except (RestError, OSError, TimeoutError, ParseError) as exc:
+            log.warning("order_state_unavailable", client_order_id=client_order_id, error=str(exc))
+            wake.set()
+            return
+        if full is not None:
+            pending.extend(await drive(m.on_order(full, service.clock.now_ms())))
+
+    async def on_account_fill(fill: Fill) -> None:
+        # Bitvavo sends an `order` event with every trade too; a fill adds a read only for an order of
+        # ours not known final (a partial fill), and a poll (at most every EXECUTOR_POLL_SECS: each costs
+        # 5 points a market) only for an order not acknowledged yet.
+        async with lock:
+            ref = manager().order_ref(fill.market, fill.order_id)
+            if ref is None:
+                loop_time = asyncio.get_running_loop().time()
+                if loop_time - holder.get("fill_wake", float("-inf")) >= s.executor_poll_secs:
+                    holder["fill_wake"] = loop_time
                     wake.set()
-                    return
-                if full is not None:
-                    step = m.on_order(full, service.clock.now_ms())
-            pending.extend(await drive(step))
+                return
+            client_order_id, final = ref
+            if not final:
+                await read_order(fill.market, client_order_id)
 
     def on_ws_state(up: bool) -> None:
         holder["ws_up"] = up
@@ -537,18 +555,21 @@ def setup(service: Service[Settings]) -> None:
         stream = AccountStream(
             s.bitvavo_ws_url, api_key=s.bitvavo_api_key.get_secret_value() if s.bitvavo_api_key else "",
             api_secret=s.bitvavo_api_secret.get_secret_value() if s.bitvavo_api_secret else "",
-            on_order=lambda st: holder["events"].put_nowait(st), on_fill=lambda f: wake.set(),
+            on_order=lambda st: holder["events"].put_nowait(st), on_fill=lambda f: holder["events"].put_nowait(f),
             markets=sorted(m.catalog), on_connected=wake.set, on_state=on_ws_state)
-        events: asyncio.Queue[OrderState] = asyncio.Queue()
+        events: asyncio.Queue[OrderState | Fill] = asyncio.Queue()
         holder["events"] = events
 
         async def pump() -> None:
             while not service.stop.is_set():
                 try:
-                    state = await asyncio.wait_for(events.get(), 0.5)
+                    event = await asyncio.wait_for(events.get(), 0.5)
                 except TimeoutError:
                     continue
-                await on_account_order(state)
+                if isinstance(event, Fill):
+                    await on_account_fill(event)
+                else:
+                    await on_account_order(event)
 
         pumper = asyncio.create_task(pump(), name="account_events")
         try:
