@@ -70,8 +70,8 @@ class Timer:
 class Service(Generic[S]):
     """One process: its settings, metrics, Redis client, and the loops, timers and tasks it runs.
 
-    Start-up, in order: Redis answers; the lease is held (``use_lease``: a standby waits here);
-    consumer groups exist; ``on_start`` hooks run; ``rebuild`` folds history into the handlers'
+    Start-up, in order: Redis answers; the lease is held (``use_lease``: a standby waits here) and
+    renewed from then on; consumer groups exist; ``on_start`` hooks run; ``rebuild`` folds history into the handlers'
     state; then the loops, timers and tasks run. Timers' effects go through the same atomic,
     lease-fenced commit as the loops'."""
 
