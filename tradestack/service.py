@@ -5,7 +5,8 @@ function that registers consumer loops and tasks on the ``Service``. The runtime
 rest, the same way everywhere: JSON logs, ``/metrics``, the Redis client, the heartbeat key,
 the kill-switch watcher, SIGTERM/SIGINT, states, and systemd notify.
 
-States: starting → running ⇄ degraded (Redis away) → stopping → stopped, or faulted.
+States: starting → running ⇄ degraded (Redis away) → stopping → stopped, or faulted; running
+once prepared (groups, start hooks, rebuilds), so READY=1 and `status` mean ready to consume.
 SIGTERM: stop reading, finish the batch in hand (commit = ack), flush, exit 0 within 5 s.
 """
 
@@ -440,6 +441,11 @@ class Service(Generic[S]):
             return
         if self.stop.is_set():
             return
+        # Not "running" while preparing (groups, start hooks, rebuilds): `status`, preflight and
+        # systemd's READY=1 mean ready to consume. A standby waiting above is running in its role.
+        self._health["prepare"] = None
+        if self.state == "running":
+            self.set_state("starting")
         # The lease is renewed from the moment it is held: a start-up that outlasts its TTL (a long
         # rebuild, a start hook waiting out a 105 ban) must not lose it and crash on the first commit.
         renewer = asyncio.create_task(self._renew_lease(), name="lease") if self.lease is not None else None
@@ -450,6 +456,7 @@ class Service(Generic[S]):
             if renewer is not None:
                 renewer.cancel()
             raise
+        self._report("prepare", True)
         children = [asyncio.create_task(cl.run(self.stop), name=f"consume:{','.join(cl.streams)}")
                     for cl in self._loops]
         children += [asyncio.create_task(self._timer_task(t), name=f"timer:{t.name}") for t in self._timers]
