@@ -516,3 +516,41 @@ def test_a_start_up_longer_than_the_lease_ttl_keeps_the_lease(redis_url: str, rc
 
     assert asyncio.run(scenario()) == 0
     assert rclient.xlen(OUT_S) == 1
+
+
+def test_a_service_is_running_only_once_prepared(redis_url: str, rclient: redis.Redis) -> None:
+    """Start hooks and rebuilds run while the state says starting: `status`, preflight and READY=1
+    mean ready to consume, not merely connected."""
+    from tradestack.config import CommonSettings
+    from tradestack.service import Service
+
+    settings = CommonSettings(redis_url=redis_url, heartbeat_every_s=0.2)
+
+    async def scenario() -> list[str]:
+        svc = Service("svc", settings, "t_prepared")
+        hook_entered, release = asyncio.Event(), asyncio.Event()
+        seen: list[str] = []
+
+        async def start() -> None:
+            hook_entered.set()
+            await release.wait()
+
+        svc.on_start(start)
+        svc.consume([IN], lambda msg, d: [])
+        task = asyncio.create_task(svc.run())
+        await asyncio.wait_for(hook_entered.wait(), 10)
+        deadline = asyncio.get_running_loop().time() + 1.0
+        while asyncio.get_running_loop().time() < deadline:  # the kill watcher has long answered by then
+            seen.append(svc.state)
+            await asyncio.sleep(0.05)  # sampling the state while the hook holds, bounded
+        release.set()
+        while svc.state != "running":
+            assert not task.done()
+            await asyncio.sleep(0.02)  # polling a condition with a deadline (the wait_for below)
+        seen.append(svc.state)
+        svc.request_stop("test done")
+        assert await asyncio.wait_for(task, 10) == 0
+        return seen
+
+    seen = asyncio.run(asyncio.wait_for(scenario(), 30))
+    assert set(seen[:-1]) == {"starting"} and seen[-1] == "running"
